@@ -1,0 +1,1 @@
+"""ordersync: the order synchronization hub."""

@@ -1,0 +1,1 @@
+"""The business core: pure Python, standard library only (no SQLAlchemy, FastAPI or HTTP)."""

@@ -1,0 +1,138 @@
+"""The canonical JSON form of an order: what events carry, the API returns and the DB stores.
+
+Money is a decimal *string* (never a float) next to the order's ISO 4217 `currency`;
+times are RFC 3339 in UTC with a `Z`; ids are strings, so 64-bit channel ids keep every digit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from ordersync.domain.order_status import HoldReason, OrderStatus, PaymentStatus
+from ordersync.domain.orders import Address, Customer, Order, OrderLine, Totals
+
+
+def fmt_time(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(s: str | None) -> datetime | None:
+    if s is None:
+        return None
+    t = datetime.fromisoformat(s)
+    if t.tzinfo is None:
+        raise ValueError(f"time without a UTC offset: {s!r}")
+    return t.astimezone(UTC)
+
+
+def _money(d: Decimal | None) -> str | None:
+    return None if d is None else str(d)
+
+
+def _dec(s: Any) -> Decimal | None:
+    return None if s is None else Decimal(str(s))
+
+
+def totals_to_dict(t: Totals) -> dict[str, Any]:
+    return {k: _money(v) for k, v in asdict(t).items()}
+
+
+def line_to_dict(line: OrderLine) -> dict[str, Any]:
+    return {
+        "sku": line.sku,
+        "name": line.name,
+        "quantity": line.quantity,
+        "unit_price": _money(line.unit_price),
+        "discount": _money(line.discount),
+        "total": _money(line.total),
+        "external_id": line.external_id,
+        "product_id": line.product_id,
+        "variant_id": line.variant_id,
+    }
+
+
+def order_to_dict(o: Order) -> dict[str, Any]:
+    return {
+        "id": o.id,
+        "channel_id": o.channel_id,
+        "external_id": o.external_id,
+        "name": o.name,
+        "status": o.status.value,
+        "payment_status": o.payment_status.value,
+        "hold_reasons": [r.value for r in o.hold_reasons],
+        "held_from": o.held_from.value if o.held_from else None,
+        "currency": o.currency,
+        "totals": totals_to_dict(o.totals),
+        "lines": [line_to_dict(line) for line in o.lines],
+        "customer": asdict(o.customer) if o.customer else None,
+        "shipping_address": asdict(o.shipping_address) if o.shipping_address else None,
+        "billing_address": asdict(o.billing_address) if o.billing_address else None,
+        "note": o.note,
+        "placed_at": fmt_time(o.placed_at),
+        "created_at": fmt_time(o.created_at),
+        "updated_at": fmt_time(o.updated_at),
+        "channel_updated_at": fmt_time(o.channel_updated_at),
+        "version": o.version,
+    }
+
+
+def totals_from_dict(d: dict[str, Any]) -> Totals:
+    total = _dec(d["total"])
+    assert total is not None
+    return Totals(
+        subtotal=_dec(d.get("subtotal")),
+        shipping=_dec(d.get("shipping")),
+        tax=_dec(d.get("tax")),
+        discount=_dec(d.get("discount")),
+        total=total,
+    )
+
+
+def line_from_dict(d: dict[str, Any]) -> OrderLine:
+    return OrderLine(
+        sku=d.get("sku"),
+        name=d.get("name"),
+        quantity=int(d["quantity"]),
+        unit_price=Decimal(str(d["unit_price"])),
+        discount=Decimal(str(d.get("discount") or "0")),
+        total=Decimal(str(d["total"])),
+        external_id=d.get("external_id"),
+        product_id=d.get("product_id"),
+        variant_id=d.get("variant_id"),
+    )
+
+
+def order_from_dict(d: dict[str, Any]) -> Order:
+    return Order(
+        id=d["id"],
+        channel_id=d["channel_id"],
+        external_id=d.get("external_id"),
+        name=d.get("name"),
+        status=OrderStatus(d["status"]),
+        payment_status=PaymentStatus(d["payment_status"]),
+        hold_reasons=tuple(HoldReason(r) for r in d.get("hold_reasons") or ()),
+        held_from=OrderStatus(d["held_from"]) if d.get("held_from") else None,
+        currency=d["currency"],
+        totals=totals_from_dict(d["totals"]),
+        lines=tuple(line_from_dict(x) for x in d["lines"]),
+        customer=Customer(**d["customer"]) if d.get("customer") else None,
+        shipping_address=Address(**d["shipping_address"]) if d.get("shipping_address") else None,
+        billing_address=Address(**d["billing_address"]) if d.get("billing_address") else None,
+        note=d.get("note"),
+        placed_at=parse_time(d.get("placed_at")),
+        created_at=_required_time(d["created_at"]),
+        updated_at=_required_time(d["updated_at"]),
+        channel_updated_at=parse_time(d.get("channel_updated_at")),
+        version=int(d["version"]),
+    )
+
+
+def _required_time(s: str) -> datetime:
+    t = parse_time(s)
+    assert t is not None
+    return t

@@ -1,0 +1,99 @@
+"""The order and payment state machines, as data.
+
+Every status change anywhere in ordersync goes through `check_transition` /
+`check_payment_transition`; no other module compares status strings.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from ordersync.domain.errors import InvalidTransition
+
+
+class OrderStatus(StrEnum):
+    PENDING = "pending"  # placed, awaiting payment
+    PAID = "paid"  # payment secured (authorized or captured)
+    ALLOCATED = "allocated"  # stock allocated to a fulfilment location
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    ON_HOLD = "on_hold"  # see HoldReason; remembers the status it was held from
+
+
+class PaymentStatus(StrEnum):
+    PENDING = "pending"
+    AUTHORIZED = "authorized"
+    PARTIALLY_PAID = "partially_paid"
+    PAID = "paid"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+    VOIDED = "voided"
+
+
+class HoldReason(StrEnum):
+    INCOMPLETE_ADDRESS = "incomplete_address"
+    AMOUNT_ABOVE_THRESHOLD = "amount_above_threshold"
+    BUYER_NOTE = "buyer_note"
+    SUSPECTED_FRAUD = "suspected_fraud"
+    STOCK_SHORTAGE = "stock_shortage"
+    PAYMENT_REVIEW = "payment_review"
+    MANUAL = "manual"
+
+
+S = OrderStatus
+ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    # Cash-on-delivery orders ship before they are paid, hence pending -> shipped.
+    S.PENDING: frozenset({S.PAID, S.SHIPPED, S.CANCELLED, S.ON_HOLD}),
+    S.PAID: frozenset({S.ALLOCATED, S.SHIPPED, S.CANCELLED, S.ON_HOLD}),
+    S.ALLOCATED: frozenset({S.PAID, S.SHIPPED, S.CANCELLED, S.ON_HOLD}),
+    S.SHIPPED: frozenset({S.DELIVERED, S.COMPLETED}),
+    S.DELIVERED: frozenset({S.COMPLETED}),
+    S.ON_HOLD: frozenset({S.PENDING, S.PAID, S.ALLOCATED, S.CANCELLED}),
+    S.COMPLETED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+# Statuses an order may be created in.
+INITIAL_STATUSES = frozenset({S.PENDING, S.PAID, S.ON_HOLD, S.SHIPPED, S.CANCELLED})
+
+# Forward progress along the happy path. A channel that reports a status *behind* the
+# hub's (the hub allocated stock, the channel still says "paid") does not move it back.
+PROGRESS: dict[OrderStatus, int] = {
+    S.PENDING: 0,
+    S.PAID: 1,
+    S.ALLOCATED: 2,
+    S.SHIPPED: 3,
+    S.DELIVERED: 4,
+    S.COMPLETED: 5,
+}
+
+P = PaymentStatus
+ALLOWED_PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    P.PENDING: frozenset({P.AUTHORIZED, P.PARTIALLY_PAID, P.PAID, P.VOIDED}),
+    P.AUTHORIZED: frozenset({P.PARTIALLY_PAID, P.PAID, P.VOIDED}),
+    P.PARTIALLY_PAID: frozenset({P.PAID, P.PARTIALLY_REFUNDED, P.REFUNDED, P.VOIDED}),
+    P.PAID: frozenset({P.PARTIALLY_REFUNDED, P.REFUNDED}),
+    P.PARTIALLY_REFUNDED: frozenset({P.REFUNDED}),
+    P.REFUNDED: frozenset(),
+    P.VOIDED: frozenset(),
+}
+
+# Payment states in which the merchant may fulfil the order.
+PAYMENT_SECURED = frozenset({P.AUTHORIZED, P.PAID, P.PARTIALLY_REFUNDED})
+
+
+def check_transition(current: OrderStatus, target: OrderStatus) -> None:
+    if target not in ALLOWED_TRANSITIONS[current]:
+        raise InvalidTransition(current.value, target.value)
+
+
+def check_payment_transition(current: PaymentStatus, target: PaymentStatus) -> None:
+    if target not in ALLOWED_PAYMENT_TRANSITIONS[current]:
+        raise InvalidTransition(current.value, target.value, what="payment_status")
+
+
+def is_behind(reported: OrderStatus, current: OrderStatus) -> bool:
+    """True when a channel reports an earlier point of the happy path than the hub holds."""
+    return reported in PROGRESS and current in PROGRESS and PROGRESS[reported] < PROGRESS[current]
