@@ -279,8 +279,15 @@ class Order:
         self.updated_at = at
         self.new_history.append(
             HistoryEntry(
-                self.version, before_status, status, before_payment, payment,
-                cause, message_id, at, changed,
+                self.version,
+                before_status,
+                status,
+                before_payment,
+                payment,
+                cause,
+                message_id,
+                at,
+                changed,
             )
         )
         emits = [EventType.ORDER_UPDATED]

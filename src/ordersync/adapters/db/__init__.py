@@ -1,0 +1,1 @@
+"""Storage: one code path over SQLite (embedded default, WAL) and PostgreSQL."""

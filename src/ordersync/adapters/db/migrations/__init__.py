@@ -1,0 +1,1 @@
+"""Alembic migrations, applied by `ordersync migrate` (and at start-up on the embedded default)."""

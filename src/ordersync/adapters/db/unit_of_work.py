@@ -1,0 +1,342 @@
+"""The SQL unit of work: buffered writes flushed with executemany at commit.
+
+Hand-written SQL (SQLAlchemy Core `text()`) on purpose: this is the ingest hot path, and
+the statements are plain enough to run unchanged on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
+
+from ordersync.adapters.db.database import Database
+from ordersync.clock import to_us, utcnow
+from ordersync.domain.codec import order_from_dict, order_to_dict
+from ordersync.domain.orders import HistoryEntry, Order
+from ordersync.service.outbox import EventRouter, OutboxEntry, outbox_entries
+from ordersync.service.unit_of_work import (
+    IdempotencyStore,
+    Inbox,
+    InboxRecord,
+    OrderRepository,
+    StoredResponse,
+    UnitOfWork,
+)
+
+_SELECT_ORDER = "SELECT doc FROM orders"
+
+
+class _Conn:
+    """Lazily opened write transaction shared by the repositories of one unit of work."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.conn: AsyncConnection | None = None
+        self.tx: AsyncTransaction | None = None
+        self.lock_suffix = "" if db.is_sqlite else " FOR UPDATE"
+
+    async def get(self) -> AsyncConnection:
+        if self.conn is None:
+            self.conn = await self.db.writer.connect()
+            self.tx = await self.conn.begin()
+        return self.conn
+
+    async def close(self, commit: bool) -> None:
+        if self.conn is None:
+            return
+        try:
+            if self.tx is not None and self.tx.is_active:
+                await (self.tx.commit() if commit else self.tx.rollback())
+        finally:
+            await self.conn.close()
+            self.conn, self.tx = None, None
+
+
+class SqlOrderRepository(OrderRepository):
+    def __init__(self, c: _Conn, router: EventRouter) -> None:
+        self._c = c
+        self._router = router
+        self._by_id: dict[str, Order] = {}
+        self._by_ext: dict[tuple[str, str], Order | None] = {}
+        self.new: dict[str, Order] = {}
+        self.dirty: dict[str, Order] = {}
+        self.history: list[tuple[str, HistoryEntry]] = []
+        self.outbox: list[OutboxEntry] = []
+
+    def _remember(self, order: Order) -> Order:
+        self._by_id[order.id] = order
+        if order.external_id is not None:
+            self._by_ext[(order.channel_id, order.external_id)] = order
+        return order
+
+    async def get(self, order_id: str) -> Order | None:
+        if order_id in self._by_id:
+            return self._by_id[order_id]
+        conn = await self._c.get()
+        row = (
+            await conn.execute(
+                text(f"{_SELECT_ORDER} WHERE id = :id{self._c.lock_suffix}"), {"id": order_id}
+            )
+        ).first()
+        return self._remember(order_from_dict(orjson.loads(row[0]))) if row else None
+
+    async def get_by_external(self, channel_id: str, external_id: str) -> Order | None:
+        key = (channel_id, external_id)
+        if key not in self._by_ext:
+            await self.preload_external(channel_id, [external_id])
+        return self._by_ext.get(key)
+
+    async def preload_external(self, channel_id: str, external_ids: list[str]) -> None:
+        wanted = sorted({e for e in external_ids if (channel_id, e) not in self._by_ext})
+        if not wanted:
+            return
+        conn = await self._c.get()
+        stmt = text(
+            f"{_SELECT_ORDER} WHERE channel_id = :c AND external_id IN :ids"
+            f" ORDER BY id{self._c.lock_suffix}"
+        ).bindparams(bindparam("ids", expanding=True))
+        for (doc,) in await conn.execute(stmt, {"c": channel_id, "ids": wanted}):
+            self._remember(order_from_dict(orjson.loads(doc)))
+        for e in wanted:
+            self._by_ext.setdefault((channel_id, e), None)
+
+    def add(self, order: Order) -> None:
+        self.new[order.id] = self._remember(order)
+        self._collect(order)
+
+    def save(self, order: Order) -> None:
+        if order.id not in self.new:
+            self.dirty[order.id] = order
+        self._collect(order)
+
+    def _collect(self, order: Order) -> None:
+        history, events = order.take_changes()
+        self.history.extend((order.id, h) for h in history)
+        self.outbox.extend(outbox_entries(order, events, self._router))
+
+
+class SqlInbox(Inbox):
+    def __init__(self, c: _Conn) -> None:
+        self._c = c
+        self._seen: set[tuple[str, str]] = set()
+        self._checked: set[tuple[str, str]] = set()
+        self.records: list[InboxRecord] = []
+
+    async def seen(self, source: str, message_id: str) -> bool:
+        key = (source, message_id)
+        if key not in self._checked:
+            await self.preload(source, [message_id])
+        return key in self._seen
+
+    async def preload(self, source: str, message_ids: list[str]) -> None:
+        wanted = sorted({m for m in message_ids if (source, m) not in self._checked})
+        if not wanted:
+            return
+        conn = await self._c.get()
+        stmt = text(
+            "SELECT message_id FROM inbox WHERE source = :s AND message_id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True))
+        for (mid,) in await conn.execute(stmt, {"s": source, "ids": wanted}):
+            self._seen.add((source, mid))
+        self._checked.update((source, m) for m in wanted)
+
+    def record(self, record: InboxRecord) -> None:
+        key = (record.source, record.message_id)
+        self._seen.add(key)
+        self._checked.add(key)
+        self.records.append(record)
+
+
+class SqlIdempotencyStore(IdempotencyStore):
+    def __init__(self, c: _Conn) -> None:
+        self._c = c
+        self._pending: dict[tuple[str, str], StoredResponse] = {}
+
+    async def get(self, principal: str, key: str) -> StoredResponse | None:
+        if (principal, key) in self._pending:
+            return self._pending[(principal, key)]
+        conn = await self._c.get()
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT fingerprint, status, body FROM idempotency_keys"
+                    " WHERE principal = :p AND key = :k"
+                ),
+                {"p": principal, "k": key},
+            )
+        ).first()
+        return StoredResponse(row[0], row[1], bytes(row[2])) if row else None
+
+    def put(self, principal: str, key: str, response: StoredResponse) -> None:
+        self._pending[(principal, key)] = response
+
+    @property
+    def pending(self) -> dict[tuple[str, str], StoredResponse]:
+        return self._pending
+
+
+class SqlUnitOfWork(UnitOfWork):
+    def __init__(self, db: Database, router: EventRouter) -> None:
+        self._c = _Conn(db)
+        self.orders: SqlOrderRepository = SqlOrderRepository(self._c, router)
+        self.inbox: SqlInbox = SqlInbox(self._c)
+        self.idempotency: SqlIdempotencyStore = SqlIdempotencyStore(self._c)
+        # Deliveries created by the last commit, per destination (wakes the dispatcher).
+        self.committed_destinations: set[str] = set()
+
+    async def commit(self) -> None:
+        conn = await self._c.get()
+        now_us = to_us(utcnow())
+        await _flush(conn, self, now_us)
+        await self._c.close(commit=True)
+        self.committed_destinations = {d for e in self.orders.outbox for d in e.destinations}
+
+    async def rollback(self) -> None:
+        await self._c.close(commit=False)
+
+
+def _order_row(o: Order) -> dict[str, Any]:
+    return {
+        "id": o.id,
+        "channel_id": o.channel_id,
+        "external_id": o.external_id,
+        "status": o.status.value,
+        "payment_status": o.payment_status.value,
+        "version": o.version,
+        "channel_updated_us": to_us(o.channel_updated_at) if o.channel_updated_at else None,
+        "created_us": to_us(o.created_at),
+        "updated_us": to_us(o.updated_at),
+        "doc": orjson.dumps(order_to_dict(o)).decode(),
+    }
+
+
+async def _executemany(conn: AsyncConnection, sql: str, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(text(sql), rows)
+
+
+async def _flush(conn: AsyncConnection, uow: SqlUnitOfWork, now_us: int) -> None:
+    repo = uow.orders
+    await _executemany(
+        conn,
+        "INSERT INTO orders (id, channel_id, external_id, status, payment_status, version,"
+        " channel_updated_us, created_us, updated_us, doc) VALUES (:id, :channel_id,"
+        " :external_id, :status, :payment_status, :version, :channel_updated_us, :created_us,"
+        " :updated_us, :doc)",
+        [_order_row(o) for o in repo.new.values()],
+    )
+    await _executemany(
+        conn,
+        "UPDATE orders SET status = :status, payment_status = :payment_status,"
+        " version = :version, channel_updated_us = :channel_updated_us,"
+        " updated_us = :updated_us, doc = :doc WHERE id = :id",
+        [_order_row(o) for o in repo.dirty.values()],
+    )
+    await _executemany(
+        conn,
+        "INSERT INTO order_history (order_id, version, from_status, to_status,"
+        " from_payment_status, to_payment_status, cause, message_id, changed, at_us)"
+        " VALUES (:order_id, :version, :from_status, :to_status, :from_payment_status,"
+        " :to_payment_status, :cause, :message_id, :changed, :at_us)",
+        [
+            {
+                "order_id": order_id,
+                "version": h.version,
+                "from_status": h.from_status.value if h.from_status else None,
+                "to_status": h.to_status.value,
+                "from_payment_status": h.from_payment_status.value
+                if h.from_payment_status
+                else None,
+                "to_payment_status": h.to_payment_status.value,
+                "cause": h.cause,
+                "message_id": h.source_message_id,
+                "changed": ",".join(h.changed) or None,
+                "at_us": to_us(h.at),
+            }
+            for order_id, h in repo.history
+        ],
+    )
+    if repo.outbox:
+        await _flush_outbox(conn, repo.outbox, now_us)
+    await _executemany(
+        conn,
+        "INSERT INTO inbox (source, message_id, topic, received_us, outcome, order_id, detail,"
+        " headers, body) VALUES (:source, :message_id, :topic, :received_us, :outcome,"
+        " :order_id, :detail, :headers, :body)",
+        [
+            {
+                "source": r.source,
+                "message_id": r.message_id,
+                "topic": r.topic,
+                "received_us": to_us(r.received_at),
+                "outcome": r.outcome,
+                "order_id": r.order_id,
+                "detail": r.detail,
+                "headers": r.headers,
+                "body": r.body,
+            }
+            for r in uow.inbox.records
+        ],
+    )
+    await _executemany(
+        conn,
+        "INSERT INTO idempotency_keys (principal, key, fingerprint, status, body, created_us)"
+        " VALUES (:principal, :key, :fingerprint, :status, :body, :created_us)",
+        [
+            {
+                "principal": p,
+                "key": k,
+                "fingerprint": r.fingerprint,
+                "status": r.status,
+                "body": r.body,
+                "created_us": now_us,
+            }
+            for (p, k), r in uow.idempotency.pending.items()
+        ],
+    )
+
+
+async def _flush_outbox(conn: AsyncConnection, entries: list[OutboxEntry], now_us: int) -> None:
+    # Events first; their sequence numbers order the deliveries of each order.
+    await _executemany(
+        conn,
+        "INSERT INTO events (id, type, order_id, order_version, created_us, body)"
+        " VALUES (:id, :type, :order_id, :version, :created_us, :body)",
+        [
+            {
+                "id": e.event_id,
+                "type": e.type,
+                "order_id": e.order_id,
+                "version": e.version,
+                "created_us": now_us,
+                "body": e.body,
+            }
+            for e in entries
+        ],
+    )
+    routed = [e for e in entries if e.destinations]
+    if not routed:
+        return
+    stmt = text("SELECT id, seq FROM events WHERE id IN :ids").bindparams(
+        bindparam("ids", expanding=True)
+    )
+    seqs = dict((await conn.execute(stmt, {"ids": [e.event_id for e in routed]})).all())
+    await _executemany(
+        conn,
+        "INSERT INTO deliveries (event_seq, destination_id, order_id, state, attempts,"
+        " next_attempt_us, created_us, updated_us) VALUES (:event_seq, :destination_id,"
+        " :order_id, 'pending', 0, :now, :now, :now)",
+        [
+            {
+                "event_seq": seqs[e.event_id],
+                "destination_id": d,
+                "order_id": e.order_id,
+                "now": now_us,
+            }
+            for e in routed
+            for d in e.destinations
+        ],
+    )

@@ -1,0 +1,86 @@
+"""Prometheus metrics, prefixed `ordersync_`, units in the name."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ordersync.domain.delivery import DeliveryState
+from ordersync.service.delivery_ports import AttemptOutcome
+from ordersync.service.dispatcher import DeliveryObserver
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Metrics(DeliveryObserver):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.webhooks = Counter(
+            "ordersync_webhooks_received",
+            "Inbound channel messages by outcome (created, updated, duplicate, stale, ...).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.ingest_seconds = Histogram(
+            "ordersync_ingest_duration_seconds",
+            "Time from receiving a channel message to answering it (durably recorded).",
+            ["channel"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_batch = Histogram(
+            "ordersync_commit_batch_size",
+            "Commands committed per group-commit transaction.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "ordersync_commit_duration_seconds",
+            "Duration of one group-commit transaction.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "ordersync_delivery_attempts",
+            "Delivery attempts by destination and outcome (succeeded, retrying, dead).",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "ordersync_delivery_duration_seconds",
+            "HTTP duration of one delivery attempt.",
+            ["destination"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "ordersync_breaker_state",
+            "Circuit breaker per destination: 0 closed, 1 half-open, 2 open.",
+            ["destination"],
+            registry=r,
+        )
+        self.deliveries = Gauge(
+            "ordersync_deliveries",
+            "Delivery records by destination and state (pending is the queue depth).",
+            ["destination", "state"],
+            registry=r,
+        )
+
+    # DeliveryObserver
+    def attempt(self, destination_id: str, outcome: AttemptOutcome, state: DeliveryState) -> None:
+        label = {
+            DeliveryState.SUCCEEDED: "succeeded",
+            DeliveryState.PENDING: "retrying",
+            DeliveryState.DEAD: "dead",
+        }[state]
+        self.attempts.labels(destination_id, label).inc()
+        self.delivery_seconds.labels(destination_id).observe(outcome.duration_ms / 1000)
+
+    def breaker(self, destination_id: str, state: str) -> None:
+        self.breaker_state.labels(destination_id).set(_BREAKER_VALUES[state])
+
+    # BatchObserver (message bus)
+    def batch_committed(self, size: int, seconds: float, destinations: set[str]) -> None:
+        self.commit_batch.observe(size)
+        self.commit_seconds.observe(seconds)

@@ -1,0 +1,306 @@
+"""The `ordersync` command: serve, migrate, demo, and operator verbs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ordersync.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="ordersync: order synchronization hub.", no_args_is_help=True)
+orders_app = typer.Typer(help="Inspect orders.", no_args_is_help=True)
+deliveries_app = typer.Typer(help="Inspect deliveries.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead-lettered deliveries: list and replay.", no_args_is_help=True)
+app.add_typer(orders_app, name="orders")
+app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(dlq_app, name="dlq")
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config (or $ORDERSYNC_CONFIG).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as e:
+        err.print(f"[red]config error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(coro_fn())  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+) -> None:
+    """Run the API and the delivery workers in one process (embedded default)."""
+    import uvicorn
+
+    from ordersync.bootstrap import build_hub
+    from ordersync.entrypoints.api.app import create_app
+
+    settings = _settings(config)
+    _setup_logging(settings.log_level)
+    hub = build_hub(settings)
+    uvicorn.run(
+        create_app(hub),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+        backlog=2048,
+    )
+
+
+@app.command()
+def migrate(config: ConfigOpt = None) -> None:
+    """Apply database migrations."""
+    from ordersync.adapters.db import migrate as m
+    from ordersync.adapters.db.database import Database, redact
+
+    settings = _settings(config)
+
+    async def go() -> str | None:
+        db = Database(settings.database_url)
+        try:
+            await m.upgrade(db)
+            return await m.current(db)
+        finally:
+            await db.dispose()
+
+    rev = _run(go)
+    console.print(f"database {redact(settings.database_url)} at revision {rev}")
+
+
+@app.command()
+def demo(
+    orders: Annotated[int, typer.Option(help="Orders the simulated Shopify store creates.")] = 500,
+    faults: Annotated[bool, typer.Option(help="Inject sink errors, timeouts and latency.")] = False,
+    json_out: JsonOpt = False,
+    port: Annotated[int, typer.Option(help="Hub port (0 picks a free one).")] = 0,
+    keep: Annotated[bool, typer.Option(help="Keep the demo's working directory.")] = False,
+) -> None:
+    """Start the hub and simulators, push orders through, and check nothing was lost."""
+    from ordersync.entrypoints.demo import run_demo
+
+    summary = _run(
+        lambda: run_demo(orders=orders, faults=faults, quiet=json_out, port=port, keep=keep)
+    )
+    if json_out:
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    if summary["lost"] or summary["duplicated"] or summary["out_of_order"]:
+        raise typer.Exit(1)
+
+
+# ---- operator verbs ------------------------------------------------------------------
+def _with_db(config: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from ordersync.adapters.db.database import Database
+
+    settings = _settings(config)
+
+    async def go() -> T:
+        db = Database(settings.database_url)
+        try:
+            return await fn(db)
+        finally:
+            await db.dispose()
+
+    return _run(go)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    console.print(table)
+
+
+def _emit(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _table(rows, columns, title)
+
+
+@orders_app.command("list")
+def orders_list(
+    config: ConfigOpt = None,
+    status: Annotated[str | None, typer.Option(help="Filter by status.")] = None,
+    channel: Annotated[str | None, typer.Option(help="Filter by channel id.")] = None,
+    limit: int = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """List orders."""
+    from ordersync.adapters.db import queries
+
+    rows = _with_db(
+        config, lambda db: queries.list_orders(db, status=status, channel_id=channel, limit=limit)
+    )
+    for r in rows:
+        r["total"] = f"{r['totals']['total']} {r['currency']}"
+    cols = ["id", "channel_id", "external_id", "status", "payment_status", "total", "version"]
+    _emit(rows, cols, "orders", json_out)
+
+
+@orders_app.command("show")
+def orders_show(order_id: str, config: ConfigOpt = None) -> None:
+    """Show one order and its history as JSON."""
+    from ordersync.adapters.db import queries
+
+    async def go(db: Any) -> dict[str, Any] | None:
+        doc = await queries.get_order(db, order_id)
+        if doc is not None:
+            doc["history"] = await queries.order_history(db, order_id)
+        return doc
+
+    doc = _with_db(config, go)
+    if doc is None:
+        err.print(f"no order {order_id}")
+        raise typer.Exit(1)
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+_DELIVERY_COLS = [
+    "id",
+    "destination_id",
+    "order_id",
+    "event_type",
+    "order_version",
+    "state",
+    "attempts",
+    "last_status",
+    "last_error",
+]
+
+
+def _list_deliveries(
+    config: Path | None, state: str | None, destination: str | None, order: str | None, limit: int
+) -> list[dict[str, Any]]:
+    from ordersync.adapters.db.deliveries import SqlDeliveryStore
+
+    return _with_db(
+        config,
+        lambda db: SqlDeliveryStore(db).list(
+            state=state, destination_id=destination, order_id=order, limit=limit
+        ),
+    )
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    config: ConfigOpt = None,
+    state: Annotated[str | None, typer.Option(help="pending, succeeded or dead.")] = None,
+    destination: Annotated[str | None, typer.Option(help="Destination id.")] = None,
+    order: Annotated[str | None, typer.Option(help="Order id.")] = None,
+    limit: int = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """List deliveries."""
+    _emit(
+        _list_deliveries(config, state, destination, order, limit),
+        _DELIVERY_COLS,
+        "deliveries",
+        json_out,
+    )
+
+
+@deliveries_app.command("summary")
+def deliveries_summary(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """Counts by destination and state."""
+    from ordersync.adapters.db.deliveries import SqlDeliveryStore
+
+    summary = _with_db(config, lambda db: SqlDeliveryStore(db).summary())
+    rows = [{"destination": d, **states} for d, states in sorted(summary.items())]
+    _emit(rows, ["destination", "pending", "succeeded", "dead"], "deliveries", json_out)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    config: ConfigOpt = None,
+    destination: Annotated[str | None, typer.Option(help="Destination id.")] = None,
+    limit: int = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """List dead-lettered deliveries."""
+    _emit(
+        _list_deliveries(config, "dead", destination, None, limit),
+        _DELIVERY_COLS,
+        "dead letters",
+        json_out,
+    )
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    config: ConfigOpt = None,
+    destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
+) -> None:
+    """Queue every dead-lettered delivery again (a running hub picks them up)."""
+    from ordersync.adapters.db.deliveries import SqlDeliveryStore
+    from ordersync.clock import to_us, utcnow
+
+    n, _ = _with_db(
+        config, lambda db: SqlDeliveryStore(db).replay_dead(destination, to_us(utcnow()))
+    )
+    console.print(f"queued {n} dead-lettered deliveries again")
+
+
+@app.command()
+def replay(delivery_id: str, config: ConfigOpt = None) -> None:
+    """Queue one delivery again (same webhook-id)."""
+    from ordersync.adapters.db.deliveries import SqlDeliveryStore, parse_public_id
+    from ordersync.clock import to_us, utcnow
+    from ordersync.domain.errors import DomainError
+
+    try:
+        _with_db(
+            config,
+            lambda db: SqlDeliveryStore(db).replay(parse_public_id(delivery_id), to_us(utcnow())),
+        )
+    except DomainError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{delivery_id} queued again")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

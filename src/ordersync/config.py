@@ -1,0 +1,175 @@
+"""Settings: one YAML file plus environment overrides. No I/O at import time.
+
+Secrets may be written as `env:NAME`; they are resolved when the file is loaded and kept
+as `SecretStr`, so they never show in reprs or logs. A bad file fails at start-up with the
+path of the bad key (`destinations[0].retry_schedule[1]: ...`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "ORDERSYNC_"
+# Top-level keys that an environment variable may override, e.g. ORDERSYNC_DATABASE_URL.
+ENV_OVERRIDES = ("database_url", "broker_url", "log_level", "public_url")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the bad key."""
+
+
+class Scope(StrEnum):
+    ORDERS_READ = "orders:read"
+    ORDERS_WRITE = "orders:write"
+    DELIVERIES_READ = "deliveries:read"
+    DELIVERIES_WRITE = "deliveries:write"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChannelConfig(_Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    kind: Literal["shopify"]
+    secret: SecretStr
+    shop_domain: str | None = None  # when set, X-Shopify-Shop-Domain must match
+
+
+class BackoffConfig(_Model):
+    """Exponential backoff with full jitter after the quick retries, up to `max_age`."""
+
+    base: float = Field(default=30.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    max_delay: float = Field(default=3600.0, gt=0)
+    max_age: float = Field(default=86400.0, ge=0)  # seconds since the first attempt
+
+
+class BreakerConfig(_Model):
+    failure_threshold: int = Field(default=20, ge=1)  # consecutive failures to open
+    cooldown: float = Field(default=30.0, gt=0)  # seconds open before a half-open probe
+    max_cooldown: float = Field(default=600.0, gt=0)
+
+
+class DestinationConfig(_Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretStr
+    events: list[str] = Field(default_factory=lambda: ["order.*"], min_length=1)
+    retry_schedule: list[float] = Field(default_factory=lambda: [5.0, 5.0, 5.0])
+    retry_backoff: BackoffConfig | None = Field(default_factory=BackoffConfig)
+    timeout: float = Field(default=10.0, gt=0)
+    max_in_flight: int = Field(default=64, ge=1, le=1024)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith("whsec_"):
+            raise ValueError("must be a Standard Webhooks secret: whsec_<base64>")
+        return v
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(x < 0 for x in v):
+            raise ValueError("delays must be >= 0 seconds")
+        return v
+
+
+class ApiKeyConfig(_Model):
+    id: str
+    key: SecretStr
+    scopes: list[Scope]
+
+
+class IngestConfig(_Model):
+    max_batch: int = Field(default=256, ge=1, le=10_000)  # messages per group commit
+    writers: int | None = Field(default=None, ge=1, le=64)  # None: 1 on SQLite, 4 otherwise
+
+
+class Settings(_Model):
+    database_url: str = "sqlite:///var/ordersync.db"
+    broker_url: str | None = None
+    public_url: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    channels: list[ChannelConfig] = Field(default_factory=list)
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+    @field_validator("channels", "destinations", "api_keys")
+    @classmethod
+    def _unique_ids(cls, v: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for item in v:
+            if item.id in seen:
+                raise ValueError(f"duplicate id {item.id!r}")
+            seen.add(item.id)
+        return v
+
+    def channel(self, channel_id: str) -> ChannelConfig | None:
+        return next((c for c in self.channels if c.id == channel_id), None)
+
+
+_ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _resolve_env_refs(node: Any, path: str, env: Mapping[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: _resolve_env_refs(v, f"{path}.{k}" if path else str(k), env) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_resolve_env_refs(v, f"{path}[{i}]", env) for i, v in enumerate(node)]
+    if isinstance(node, str) and (m := _ENV_REF.match(node)):
+        name = m.group(1)
+        if name not in env:
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+        return env[name]
+    return node
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    data = dict(_resolve_env_refs(dict(raw), "", env))
+    for key in ENV_OVERRIDES:
+        if (value := env.get(ENV_PREFIX + key.upper())) is not None:
+            data[key] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{_format_loc(err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (or $ORDERSYNC_CONFIG); with neither, defaults plus environment."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    raw: Any = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+    return settings_from_mapping(raw, env)

@@ -1,0 +1,54 @@
+"""The ports the dispatcher needs: where deliveries are stored and how they are sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ordersync.domain.delivery import DeliveryState
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    seq: int
+    destination_id: str
+    order_id: str
+    event_id: str
+    event_type: str
+    attempts: int
+    first_attempt_us: int | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    ok: bool
+    status: int | None
+    error: str | None
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    delivery: DueDelivery
+    attempt: int
+    started_us: int
+    outcome: AttemptOutcome
+    state: DeliveryState
+    next_attempt_us: int
+
+
+class DeliveryStore(Protocol):
+    async def fetch_due(self, destination_id: str, now_us: int, limit: int) -> list[DueDelivery]:
+        """Pending deliveries due now that head their (destination, order) lane, oldest first."""
+        ...
+
+    async def record(self, records: list[AttemptRecord]) -> None:
+        """Store attempts and the resulting delivery states, in one transaction."""
+        ...
+
+
+class Sender(Protocol):
+    async def send(
+        self, url: str, secret: str, event_id: str, body: bytes, timeout: float
+    ) -> AttemptOutcome: ...
