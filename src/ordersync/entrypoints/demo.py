@@ -57,6 +57,9 @@ def write_config(workdir: Path, sinks: dict[str, Sink], faults: bool) -> Path:
             "retry_backoff": {"base": 1.0, "max_delay": 5.0, "max_age": 3600},
             "timeout": 1.0 if faults else 5.0,
             "max_in_flight": 64,
+            # Demo scale: a sink that fails everything for a moment (fail_first) should not
+            # park the run behind minutes of cooldown.
+            "breaker": {"failure_threshold": 500, "cooldown": 1.0, "max_cooldown": 5.0},
         }
         for name, sink in sinks.items()
     ]
@@ -86,16 +89,17 @@ async def run_demo(
     port: int = 0,
     keep: bool = False,
     crash: bool | None = None,
+    sink_faults: FaultPlan | None = None,
 ) -> dict[str, Any]:
+    """Run the whole demo and return its summary. `crash` (default: with `faults`) kills the
+    hub with SIGKILL mid-burst and restarts it; `sink_faults` overrides the sinks' faults."""
     crash = faults if crash is None else crash
     console = Console(stderr=True, quiet=quiet)
     workdir = Path(tempfile.mkdtemp(prefix="ordersync-demo-"))
     shop_secret, api_key = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
-    plan = (
-        FaultPlan(error_rate=0.10, timeout_rate=0.01, hang_seconds=3.0, latency=(0.0, 0.02))
-        if faults
-        else None
-    )
+    plan = sink_faults
+    if plan is None and faults:
+        plan = FaultPlan(error_rate=0.10, timeout_rate=0.01, hang_seconds=3.0, latency=(0.0, 0.02))
     sinks = {name: Sink(name, new_secret(), plan) for name in SUBSCRIPTIONS}
     for sink in sinks.values():
         await sink.start()

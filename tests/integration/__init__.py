@@ -1,0 +1,1 @@
+"""Integration tests: real SQLite and PostgreSQL, real HTTP sinks."""
