@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -42,13 +42,13 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         import uvloop
-
-        return uvloop.run(coro_fn())  # type: ignore[no-any-return]
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+        return asyncio.run(coro_fn())
+    result: T = uvloop.run(coro_fn())
+    return result
 
 
 def _setup_logging(level: str) -> None:
@@ -215,7 +215,7 @@ def _list_deliveries(
 
     return _with_db(
         config,
-        lambda db: SqlDeliveryStore(db).list(
+        lambda db: SqlDeliveryStore(db).find(
             state=state, destination_id=destination, order_id=order, limit=limit
         ),
     )

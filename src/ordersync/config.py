@@ -45,7 +45,7 @@ class ChannelConfig(_Model):
 
 
 class BackoffConfig(_Model):
-    """Exponential backoff with full jitter after the quick retries, up to `max_age`."""
+    """Exponential backoff with equal jitter after the quick retries, up to `max_age`."""
 
     base: float = Field(default=30.0, gt=0)
     multiplier: float = Field(default=2.0, ge=1)
@@ -97,8 +97,9 @@ class IngestConfig(_Model):
 
 
 class Settings(_Model):
-    database_url: str = "sqlite:///var/ordersync.db"
-    broker_url: str | None = None
+    # repr=False: URLs may carry passwords, and settings get logged in tracebacks.
+    database_url: str = Field(default="sqlite:///var/ordersync.db", repr=False)
+    broker_url: str | None = Field(default=None, repr=False)
     public_url: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     channels: list[ChannelConfig] = Field(default_factory=list)

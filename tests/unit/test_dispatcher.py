@@ -242,12 +242,6 @@ async def test_a_failed_write_of_results_keeps_the_claim_until_it_is_recorded(
     assert store.by_event("evt_teapot").state is DeliveryState.SUCCEEDED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dispatcher.py DestinationWorker._fill takes the half-open probe slot "
-    "(breaker.capacity) before fetch_due; when the fetch raises, probe_in_flight stays True "
-    "and capacity() returns 0 forever, so the destination is never sent to again",
-)
 async def test_a_failed_fetch_during_the_half_open_probe_does_not_wedge_the_destination(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

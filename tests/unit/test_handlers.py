@@ -263,11 +263,6 @@ async def test_an_idempotency_key_reused_for_another_request_is_refused(
     assert len(db.orders) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: handlers/orders.py create_order stores `cmd.fingerprint or ''` but compares "
-    "the raw `cmd.fingerprint`, so a keyed request without a fingerprint never replays",
-)
 async def test_a_keyed_request_without_a_fingerprint_replays_too(db: FakeDatabase) -> None:
     """The same keyed request (no body hash supplied) twice is a replay, not a reuse."""
     await create(db, create_cmd("key-teapot-2"))

@@ -167,20 +167,32 @@ def test_a_channel_behind_the_hub_does_not_move_the_order_back() -> None:
 
 
 def test_a_sync_while_on_hold_keeps_the_hold_and_remembers_the_channel_status() -> None:
-    """A held order that Shopify ships stays on hold; the hold now returns to shipped."""
-    order = make_order(status=S.PAID, payment_status=P.PAID)
+    """A held unpaid order that Shopify reports paid stays on hold; release returns to paid."""
+    order = make_order(status=S.PENDING, payment_status=P.PENDING)
     order.transition_to(
         S.ON_HOLD, cause="api:fraud-desk", at=LATER, hold_reasons=(HoldReason.SUSPECTED_FRAUD,)
     )
     order.take_changes()
 
-    changed = sync(order, report(order, status=S.SHIPPED, minutes=30))
+    changed = sync(order, report(order, status=S.PAID, payment_status=P.PAID, minutes=30))
 
     assert changed is True
     assert order.status is S.ON_HOLD
     assert order.hold_reasons == (HoldReason.SUSPECTED_FRAUD,)
-    assert order.held_from is S.SHIPPED
-    assert types(order) == [E.ORDER_UPDATED]
+    assert order.held_from is S.PAID
+    assert types(order) == [E.ORDER_UPDATED, E.ORDER_PAID]
+
+
+def test_a_shipment_from_the_channel_ends_a_hold() -> None:
+    """A held order that Shopify ships is shipped; the hold is cleared."""
+    order = make_order(status=S.PAID, payment_status=P.PAID)
+    order.transition_to(S.ON_HOLD, cause="api:ops", at=LATER, hold_reasons=(HoldReason.MANUAL,))
+    order.take_changes()
+
+    sync(order, report(order, status=S.SHIPPED, minutes=30))
+
+    assert (order.status, order.held_from, order.hold_reasons) == (S.SHIPPED, None, ())
+    assert types(order) == [E.ORDER_UPDATED, E.ORDER_RELEASED, E.ORDER_SHIPPED]
 
 
 def test_a_cancellation_from_the_channel_ends_a_hold() -> None:

@@ -50,7 +50,8 @@ ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.ALLOCATED: frozenset({S.PAID, S.SHIPPED, S.CANCELLED, S.ON_HOLD}),
     S.SHIPPED: frozenset({S.DELIVERED, S.COMPLETED}),
     S.DELIVERED: frozenset({S.COMPLETED}),
-    S.ON_HOLD: frozenset({S.PENDING, S.PAID, S.ALLOCATED, S.CANCELLED}),
+    # A hold stops the hub from fulfilling; if the channel shipped anyway, the goods are gone.
+    S.ON_HOLD: frozenset({S.PENDING, S.PAID, S.ALLOCATED, S.SHIPPED, S.CANCELLED}),
     S.COMPLETED: frozenset(),
     S.CANCELLED: frozenset(),
 }

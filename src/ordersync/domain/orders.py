@@ -204,11 +204,11 @@ class Order:
         if payment != self.payment_status:
             check_payment_transition(self.payment_status, payment)
 
-        if not changed and status == self.status and payment == self.payment_status:
-            if held_from == self.held_from:
-                if snap.channel_updated_at and not self.is_stale(snap.channel_updated_at):
-                    self.channel_updated_at = snap.channel_updated_at
-                return False
+        same_state = status == self.status and payment == self.payment_status
+        if not changed and same_state and held_from == self.held_from:
+            if snap.channel_updated_at and not self.is_stale(snap.channel_updated_at):
+                self.channel_updated_at = snap.channel_updated_at
+            return False
         for f in changed:
             setattr(self, f, getattr(snap, f))
         if snap.channel_updated_at is not None:
@@ -252,7 +252,9 @@ class Order:
     ) -> tuple[OrderStatus, OrderStatus | None]:
         """(new status, new held_from) for a status the channel reports; may raise."""
         current = self.status
-        if current is OrderStatus.ON_HOLD and reported is not OrderStatus.CANCELLED:
+        if reported is OrderStatus.ON_HOLD:  # holds are the hub's decision, never a channel's
+            return current, self.held_from
+        if current is OrderStatus.ON_HOLD and reported in _HOLD_STAYS:
             # The hold stands; remember where the channel says the order now is.
             base = self.held_from or OrderStatus.PENDING
             if reported != base and not is_behind(reported, base):
@@ -330,6 +332,10 @@ class Order:
     def copy(self) -> Order:
         return dataclasses.replace(self, new_history=[], new_events=[])
 
+
+# Channel-reported statuses under which a hub hold stays in place (shipping or cancelling
+# on the platform overrides the hold).
+_HOLD_STAYS = frozenset({OrderStatus.PENDING, OrderStatus.PAID, OrderStatus.ALLOCATED})
 
 _STATUS_EVENTS: dict[OrderStatus, EventType] = {
     OrderStatus.PAID: EventType.ORDER_PAID,

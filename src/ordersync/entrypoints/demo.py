@@ -42,7 +42,7 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def write_config(workdir: Path, sinks: dict[str, Sink], faults: bool) -> Path:
@@ -110,7 +110,8 @@ async def run_demo(
         env={"DEMO_SHOP_SECRET": shop_secret, "DEMO_API_KEY": api_key},
     )
     console.print(
-        f"[bold]ordersync demo[/bold]: {orders} orders, faults {'on' if faults else 'off'}; work dir {workdir}"
+        f"[bold]ordersync demo[/bold]: {orders} orders, faults {'on' if faults else 'off'};"
+        f" work dir {workdir}"
     )
     hub.start()
     try:
@@ -158,16 +159,19 @@ async def _drive(
         accepted_task = progress.add_task("webhooks accepted", total=None)
         delivered_task = progress.add_task("events delivered ", total=None)
         accepted = 0
+        # About 40% into the run: the store sends ~2.3 webhooks per order.
+        crash_point = asyncio.Event()
 
         def on_accepted() -> None:
             nonlocal accepted
             accepted += 1
             progress.advance(accepted_task)
+            if accepted >= orders:
+                crash_point.set()
 
         async def crash_midway() -> None:
             nonlocal crashed_at
-            while accepted < orders:  # about 40% into the run (~2.3 webhooks per order)
-                await asyncio.sleep(0.02)
+            await crash_point.wait()
             crashed_at = accepted
             hub.kill()  # SIGKILL mid-burst: in-flight requests get no answer
             hub.start()
@@ -217,7 +221,7 @@ def _summarize(
     for sink in sinks.values():
         for e in sink.ledger:
             if e.type == "order.created":
-                ext = e.data.get("external_id")
+                ext = str(e.data.get("external_id"))
                 created_at[ext] = max(created_at.get(ext, 0.0), e.received_at)
     latencies = [
         (created_at[ext] - acc.first_accepted_at) * 1000

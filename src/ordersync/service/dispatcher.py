@@ -11,8 +11,8 @@ committed. A crash loses nothing: what was not recorded is still pending and is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,8 +73,13 @@ class ResultWriter:
     async def drain(self) -> None:
         await self._queue.join()
 
-    async def stop(self) -> None:
-        await self.drain()
+    async def stop(self, timeout: float = 15.0) -> None:
+        try:
+            await asyncio.wait_for(self.drain(), timeout)
+        except TimeoutError:
+            # Unrecorded attempts stay pending in the database and are sent again later
+            # (same webhook-id): at-least-once, never lost.
+            log.warning("stopping with %d unrecorded delivery attempts", self._queue.qsize())
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -139,10 +144,8 @@ class DestinationWorker:
             probe_in = self.breaker.seconds_until_probe(time.monotonic())
             if probe_in is not None:
                 timeout = min(timeout, probe_in + 0.01)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def stop(self) -> None:
         """Stop taking work; let in-flight sends finish and be recorded."""
@@ -159,11 +162,16 @@ class DestinationWorker:
         free = self.breaker.capacity(time.monotonic(), free)
         if free <= 0:
             return
-        self._released_during_fetch = released = set()
+        released: set[int] = set()
+        self._released_during_fetch = released
         try:
             rows = await self._store.fetch_due(
                 self.dest.id, to_us(utcnow()), free + len(self.claimed)
             )
+        except BaseException:
+            if self.breaker.probe_in_flight and not self.claimed:
+                self.breaker.probe_in_flight = False  # the probe never went out
+            raise
         finally:
             self._released_during_fetch = None
         started = 0
@@ -198,11 +206,12 @@ class DestinationWorker:
         else:
             self.breaker.record_failure(now)
             first = d.first_attempt_us if d.first_attempt_us is not None else started_us
-            delay = self.dest.policy.next_delay(attempt, (started_us - first) / 1e6, random)
+            delay = self.dest.policy.next_delay(attempt, (started_us - first) / 1e6)
             if delay is None:
                 state, next_us = DeliveryState.DEAD, started_us
             else:
                 state, next_us = DeliveryState.PENDING, started_us + int(delay * 1e6)
+                asyncio.get_running_loop().call_later(delay, self._wake.set)
         self._observer.attempt(self.dest.id, outcome, state)
         self._observer.breaker(self.dest.id, self.breaker.state.value)
         record = AttemptRecord(d, attempt, started_us, outcome, state, next_us)

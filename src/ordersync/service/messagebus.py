@@ -121,7 +121,7 @@ class MessageBus:
                     except DomainError as e:
                         outcomes.append((fut, None, e))
                 await uow.commit()
-                destinations = getattr(uow, "committed_destinations", set())
+                destinations: set[str] = getattr(uow, "committed_destinations", set())
         except Exception as e:
             if len(batch) > 1:
                 log.warning("batch of %d failed (%s); retrying one by one", len(batch), e)

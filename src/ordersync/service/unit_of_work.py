@@ -49,7 +49,9 @@ class OrderRepository(abc.ABC):
     @abc.abstractmethod
     async def get_by_external(self, channel_id: str, external_id: str) -> Order | None: ...
 
-    async def preload_external(self, channel_id: str, external_ids: list[str]) -> None:
+    async def preload_external(  # noqa: B027 - optional hook, a no-op by default
+        self, channel_id: str, external_ids: list[str]
+    ) -> None:
         """Optional bulk prefetch before a batch; a no-op by default."""
 
     @abc.abstractmethod
@@ -65,7 +67,9 @@ class Inbox(abc.ABC):
     @abc.abstractmethod
     async def seen(self, source: str, message_id: str) -> bool: ...
 
-    async def preload(self, source: str, message_ids: list[str]) -> None:
+    async def preload(  # noqa: B027 - optional hook, a no-op by default
+        self, source: str, message_ids: list[str]
+    ) -> None:
         """Optional bulk prefetch before a batch; a no-op by default."""
 
     @abc.abstractmethod

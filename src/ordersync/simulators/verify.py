@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 import aiohttp
@@ -105,10 +106,8 @@ def verify(
                 "lost", f"order {ext_id}: latest accepted update {want_updated} not applied ({got})"
             )
         elif order["status"] != expected_status(accepted.last_state):
-            v.note(
-                "lost",
-                f"order {ext_id}: status {order['status']} != {expected_status(accepted.last_state)}",
-            )
+            want = expected_status(accepted.last_state)
+            v.note("lost", f"order {ext_id}: status {order['status']} != {want}")
     # 2. Every delivery the hub owes a sink reached it; nothing applied twice; in order.
     owed: dict[str, set[str]] = {}
     for d in hub_deliveries:
@@ -126,6 +125,6 @@ def verify(
                 v.note("duplicated", f"{name} applied {key} {n} times under different ids")
         for order_id, entries in sink.applied_by_order().items():
             versions = [e.version or 0 for e in entries]
-            if any(b < a for a, b in zip(versions, versions[1:], strict=False)):
+            if any(b < a for a, b in pairwise(versions)):
                 v.note("out_of_order", f"{name} got order {order_id} versions {versions}")
     return v

@@ -72,6 +72,9 @@ class ShopifyConnector:
         topic = headers.get("x-shopify-topic")
         if not topic:
             raise InboundError(400, "missing_header", "X-Shopify-Topic is required")
+        if b"\\u0000" in body:
+            # No database text column can hold NUL; refuse it before it poisons a batch.
+            raise InboundError(422, "invalid_payload", "NUL characters (\\u0000) are not accepted")
         try:
             payload = shopify.parse_body(body)
             snapshot = shopify.map_order(channel_id, payload) if topic in shopify.TOPICS else None

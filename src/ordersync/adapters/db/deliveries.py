@@ -30,13 +30,21 @@ _FETCH_DUE = text(
 )
 
 
+_LIST = (
+    "SELECT d.seq, d.destination_id, d.order_id, d.state, d.attempts, d.next_attempt_us,"
+    " d.created_us, d.updated_us, d.delivered_us, d.last_status, d.last_error, e.id,"
+    " e.type, e.order_version FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+    " WHERE {where} ORDER BY d.seq LIMIT :limit"
+)
+
+
 def public_id(seq: int) -> str:
     return f"dlv_{seq}"
 
 
 def parse_public_id(delivery_id: str) -> int:
     prefix, _, num = delivery_id.partition("_")
-    if prefix != "dlv" or not num.isdigit():
+    if prefix != "dlv" or not (num.isascii() and num.isdigit()) or len(num) > 18:  # BIGINT range
         raise DeliveryNotFound(delivery_id)
     return int(num)
 
@@ -148,7 +156,7 @@ class SqlDeliveryStore:
             )
             return int(result.rowcount or 0), dests
 
-    async def list(
+    async def find(
         self,
         *,
         order_id: str | None = None,
@@ -157,7 +165,8 @@ class SqlDeliveryStore:
         after: int | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
-        clauses, params = ["1 = 1"], {"limit": limit}
+        clauses: list[str] = ["1 = 1"]
+        params: dict[str, Any] = {"limit": limit}
         for col, val in (
             ("d.order_id", order_id),
             ("d.destination_id", destination_id),
@@ -170,12 +179,8 @@ class SqlDeliveryStore:
         if after is not None:
             clauses.append("d.seq > :after")
             params["after"] = after
-        sql = (
-            "SELECT d.seq, d.destination_id, d.order_id, d.state, d.attempts, d.next_attempt_us,"
-            " d.created_us, d.updated_us, d.delivered_us, d.last_status, d.last_error, e.id,"
-            " e.type, e.order_version FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-            f" WHERE {' AND '.join(clauses)} ORDER BY d.seq LIMIT :limit"
-        )
+        # Only fixed clauses with placeholders are joined in; values travel as parameters.
+        sql = _LIST.format(where=" AND ".join(clauses))
         async with self.db.read() as conn:
             rows = (await conn.execute(text(sql), params)).all()
         return [
@@ -224,7 +229,8 @@ class SqlDeliveryStore:
         async with self.db.read() as conn:
             rows = await conn.execute(
                 text(
-                    "SELECT destination_id, state, COUNT(*) FROM deliveries GROUP BY destination_id, state"
+                    "SELECT destination_id, state, COUNT(*) FROM deliveries"
+                    " GROUP BY destination_id, state"
                 )
             )
             out: dict[str, dict[str, int]] = {}

@@ -29,7 +29,8 @@ async def list_orders(
     after_id: str | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    clauses, params = ["1 = 1"], {"limit": limit}
+    clauses: list[str] = ["1 = 1"]
+    params: dict[str, Any] = {"limit": limit}
     for col, val in (("channel_id", channel_id), ("external_id", external_id), ("status", status)):
         if val is not None:
             clauses.append(f"{col} = :{col}")

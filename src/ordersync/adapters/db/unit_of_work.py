@@ -323,7 +323,9 @@ async def _flush_outbox(conn: AsyncConnection, entries: list[OutboxEntry], now_u
     stmt = text("SELECT id, seq FROM events WHERE id IN :ids").bindparams(
         bindparam("ids", expanding=True)
     )
-    seqs = dict((await conn.execute(stmt, {"ids": [e.event_id for e in routed]})).all())
+    seqs: dict[str, int] = dict(
+        (await conn.execute(stmt, {"ids": [e.event_id for e in routed]})).all()
+    )
     await _executemany(
         conn,
         "INSERT INTO deliveries (event_seq, destination_id, order_id, state, attempts,"

@@ -32,6 +32,9 @@ def decode_cursor(cursor: str | None) -> Any:
     if cursor is None:
         return None
     try:
-        return orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("NUL in cursor")
+        return value
     except (ValueError, orjson.JSONDecodeError):
         raise ApiProblem(400, "invalid_cursor", "the cursor is not one this API returned") from None

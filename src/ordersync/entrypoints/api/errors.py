@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -12,6 +13,8 @@ from starlette.responses import Response
 
 from ordersync.adapters.channels.registry import InboundError
 from ordersync.domain import errors as e
+
+log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://ordersync.dev/problems/"
 
@@ -88,6 +91,11 @@ def install(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         return problem(422, "validation_error", "the request is not valid", errors=errors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return problem(500, "internal_error", "an unexpected error occurred; it has been logged")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:

@@ -73,7 +73,8 @@ class LineIn(_In):
 
 class OrderIn(_In):
     channel_id: str = Field(default="native", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    external_id: str | None = Field(default=None, max_length=200)
+    # No control characters: PostgreSQL text cannot hold NUL, and ids should be printable.
+    external_id: str | None = Field(default=None, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
     name: str | None = None
     status: OrderStatus = OrderStatus.PENDING
     payment_status: PaymentStatus = PaymentStatus.PENDING

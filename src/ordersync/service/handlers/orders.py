@@ -64,12 +64,17 @@ async def _apply_snapshot(cmd: commands.IngestChannelOrder, uow: UnitOfWork) -> 
         return IngestResult(
             "stale", order.id, order.version, detail="older than the order's channel_updated_at"
         )
+    watermark = order.channel_updated_at
     try:
         changed = order.sync(snap, cause=cause, message_id=cmd.message_id, at=cmd.received_at)
     except DomainError as e:
         # Acknowledged (the channel retrying would not help) but recorded, with the reason.
         return IngestResult("rejected", order.id, order.version, detail=str(e))
     if not changed:
+        if order.channel_updated_at != watermark:
+            # No new version, but remember how recent the channel's view is, so an older
+            # snapshot arriving later is recognised as stale.
+            uow.orders.save(order)
         return IngestResult("unchanged", order.id, order.version)
     uow.orders.save(order)
     return IngestResult("updated", order.id, order.version)
@@ -80,7 +85,7 @@ async def create_order(cmd: commands.CreateOrder, uow: UnitOfWork) -> StoredResp
     if cmd.idempotency_key is not None:
         stored = await uow.idempotency.get(cmd.principal, cmd.idempotency_key)
         if stored is not None:
-            if stored.fingerprint != cmd.fingerprint:
+            if stored.fingerprint != (cmd.fingerprint or ""):
                 raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
             return dataclasses.replace(stored, replayed=True)
     snap = cmd.snapshot

@@ -35,7 +35,7 @@ async def list_deliveries(
     after = decode_cursor(cursor)
     if after is not None and not isinstance(after, int):
         raise ApiProblem(400, "invalid_cursor", "the cursor is not one this API returned")
-    rows = await hub(request).deliveries.list(
+    rows = await hub(request).deliveries.find(
         order_id=order_id,
         destination_id=destination_id,
         state=state.value if state else None,
@@ -59,7 +59,7 @@ async def summary(request: Request, _: Reader) -> Response:
 async def get_delivery(delivery_id: str, request: Request, _: Reader) -> Response:
     seq = parse_public_id(delivery_id)
     store = hub(request).deliveries
-    rows = await store.list(after=seq - 1, limit=1)
+    rows = await store.find(after=seq - 1, limit=1)
     if not rows or rows[0]["id"] != delivery_id:
         raise ApiProblem(404, "delivery_not_found", f"no delivery {delivery_id!r}")
     row = rows[0]
