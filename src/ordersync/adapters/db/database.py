@@ -32,6 +32,8 @@ def redact(url: str) -> str:
 
 
 class Database:
+    """`hide_parameters`: database errors end up in logs, and parameters hold customer data."""
+
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url
         aurl = async_url(url)
@@ -40,13 +42,21 @@ class Database:
             path = make_url(aurl).database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.writer = create_async_engine(aurl, pool_size=1, max_overflow=0, pool_timeout=60)
-            self.reader = create_async_engine(aurl, pool_size=pool_size, max_overflow=0)
+            self.writer = create_async_engine(
+                aurl, pool_size=1, max_overflow=0, pool_timeout=60, hide_parameters=True
+            )
+            self.reader = create_async_engine(
+                aurl, pool_size=pool_size, max_overflow=0, hide_parameters=True
+            )
             _sqlite_setup(self.writer, immediate=True)
             _sqlite_setup(self.reader, immediate=False)
         else:
             self.writer = create_async_engine(
-                aurl, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                aurl,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                hide_parameters=True,
             )
             self.reader = self.writer
 
