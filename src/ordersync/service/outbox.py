@@ -48,11 +48,16 @@ class EventRouter:
 
 
 def outbox_entries(
-    order: Order, events: list[OrderEvent], router: EventRouter
+    order: Order,
+    events: list[OrderEvent],
+    router: EventRouter,
+    data: dict[str, Any] | None = None,
 ) -> list[OutboxEntry]:
+    """`data`: the order's canonical JSON at its current version, if the caller has it."""
     if not events:
         return []
-    data: dict[str, Any] = order_to_dict(order)
+    if data is None:
+        data = order_to_dict(order)
     return [
         OutboxEntry(
             event_id=new_id("evt"),

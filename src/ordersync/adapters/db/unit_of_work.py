@@ -65,6 +65,7 @@ class SqlOrderRepository(OrderRepository):
         self.dirty: dict[str, Order] = {}
         self.history: list[tuple[str, HistoryEntry]] = []
         self.outbox: list[OutboxEntry] = []
+        self.docs: dict[str, dict[str, Any]] = {}  # canonical JSON per order, built once
 
     def _remember(self, order: Order) -> Order:
         self._by_id[order.id] = order
@@ -115,7 +116,8 @@ class SqlOrderRepository(OrderRepository):
     def _collect(self, order: Order) -> None:
         history, events = order.take_changes()
         self.history.extend((order.id, h) for h in history)
-        self.outbox.extend(outbox_entries(order, events, self._router))
+        doc = self.docs[order.id] = order_to_dict(order)
+        self.outbox.extend(outbox_entries(order, events, self._router, doc))
 
 
 class SqlInbox(Inbox):
@@ -198,7 +200,7 @@ class SqlUnitOfWork(UnitOfWork):
         await self._c.close(commit=False)
 
 
-def _order_row(o: Order) -> dict[str, Any]:
+def _order_row(o: Order, doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": o.id,
         "channel_id": o.channel_id,
@@ -209,7 +211,7 @@ def _order_row(o: Order) -> dict[str, Any]:
         "channel_updated_us": to_us(o.channel_updated_at) if o.channel_updated_at else None,
         "created_us": to_us(o.created_at),
         "updated_us": to_us(o.updated_at),
-        "doc": orjson.dumps(order_to_dict(o)).decode(),
+        "doc": orjson.dumps(doc).decode(),
     }
 
 
@@ -226,14 +228,14 @@ async def _flush(conn: AsyncConnection, uow: SqlUnitOfWork, now_us: int) -> None
         " channel_updated_us, created_us, updated_us, doc) VALUES (:id, :channel_id,"
         " :external_id, :status, :payment_status, :version, :channel_updated_us, :created_us,"
         " :updated_us, :doc)",
-        [_order_row(o) for o in repo.new.values()],
+        [_order_row(o, repo.docs[o.id]) for o in repo.new.values()],
     )
     await _executemany(
         conn,
         "UPDATE orders SET status = :status, payment_status = :payment_status,"
         " version = :version, channel_updated_us = :channel_updated_us,"
         " updated_us = :updated_us, doc = :doc WHERE id = :id",
-        [_order_row(o) for o in repo.dirty.values()],
+        [_order_row(o, repo.docs[o.id]) for o in repo.dirty.values()],
     )
     await _executemany(
         conn,
