@@ -73,7 +73,8 @@ PROGRESS: dict[OrderStatus, int] = {
 P = PaymentStatus
 ALLOWED_PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     P.PENDING: frozenset({P.AUTHORIZED, P.PARTIALLY_PAID, P.PAID, P.VOIDED}),
-    P.AUTHORIZED: frozenset({P.PARTIALLY_PAID, P.PAID, P.VOIDED}),
+    # An authorization can lapse uncaptured (Shopify "expired"): back to awaiting payment.
+    P.AUTHORIZED: frozenset({P.PENDING, P.PARTIALLY_PAID, P.PAID, P.VOIDED}),
     P.PARTIALLY_PAID: frozenset({P.PAID, P.PARTIALLY_REFUNDED, P.REFUNDED, P.VOIDED}),
     P.PAID: frozenset({P.PARTIALLY_REFUNDED, P.REFUNDED}),
     P.PARTIALLY_REFUNDED: frozenset({P.REFUNDED}),
