@@ -296,7 +296,11 @@ def log_problems(path: Path) -> list[str]:
     if not path.exists():
         return []
     bad = ("ERROR", "CRITICAL", "Traceback", "Exception")
-    return [line for line in path.read_text(errors="replace").splitlines() if any(b in line for b in bad)]
+    return [
+        line
+        for line in path.read_text(errors="replace").splitlines()
+        if any(b in line for b in bad)
+    ]
 
 
 # ---- output --------------------------------------------------------------------------------

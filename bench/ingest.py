@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ordersync.entrypoints.process import HubProcess, free_port
-
 from bench.common import (
     BENCH_DIR,
     CpuMeter,
@@ -37,6 +35,7 @@ from bench.common import (
     write_result,
 )
 from bench.pool import order_bodies, write_wrk_pool
+from ordersync.entrypoints.process import HubProcess, free_port
 
 LUA = BENCH_DIR / "wrk_replay.lua"
 WRK_THREADS = 1  # one wrk thread easily drives 64 connections and leaves the CPU to servers
@@ -95,7 +94,9 @@ def run_wrk(url: str, prefix: Path, seconds: float, connections: int, out: Path)
         if key == "summary":
             run.requests, run.duration_s = nums[0], nums[1] / 1e6
         elif key == "errors":
-            run.errors = dict(zip(("connect", "read", "write", "status", "timeout"), nums, strict=True))
+            run.errors = dict(
+                zip(("connect", "read", "write", "status", "timeout"), nums, strict=True)
+            )
         elif key == "latency":
             names = ("p50", "p90", "p99", "p99.9", "mean", "max", "min")
             run.latency_ms = {n: round(v / 1000, 2) for n, v in zip(names, nums, strict=True)}
@@ -236,7 +237,9 @@ async def measure_server(
 
 def row(r: dict[str, Any]) -> list[Any]:
     check = r["db_check"]
-    verdict = "ok" if check["accepted_without_row"] == 0 else f"{check['accepted_without_row']} LOST"
+    verdict = (
+        "ok" if check["accepted_without_row"] == 0 else f"{check['accepted_without_row']} LOST"
+    )
     return [
         r["server"],
         r["db"],
@@ -303,9 +306,7 @@ async def run_ingest(
         f" measured {seconds:g}s; each request a distinct signed orders/create (~7 KB body);"
         " hub with one Shopify channel and no destinations; fresh database per server"
     )
-    table = print_table(
-        f"ingest ({conditions})", COLUMNS, [row(r) for r in results]
-    )
+    table = print_table(f"ingest ({conditions})", COLUMNS, [row(r) for r in results])
     for db, ratio in ratios.items():
         print(f"hub/baseline throughput on {db}: {ratio}")
     payload = {

@@ -12,12 +12,12 @@ import random
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ordersync.simulators.shopify_store import API_VERSION, OrderFactory, encode, sign
-
 from bench.common import CHANNEL, SHOP_DOMAIN
+from ordersync.simulators.shopify_store import API_VERSION, OrderFactory, encode, sign
 
 WEBHOOK_PATH = f"/v1/channels/{CHANNEL}/webhooks"
 _CHUNK = 5000
@@ -73,16 +73,13 @@ def raw_request(headers: dict[str, str], body: bytes) -> bytes:
 
 def write_wrk_pool(bodies: Iterable[bytes], secret: str, prefix: Path, threads: int) -> int:
     """Write requests for wrk_replay.lua: `<prefix>.<thread>` files of "<len>\\n<request>"."""
-    files = [Path(f"{prefix}.{i}").open("wb") for i in range(threads)]
     count = 0
-    try:
+    with ExitStack() as stack:
+        files = [stack.enter_context(Path(f"{prefix}.{i}").open("wb")) for i in range(threads)]
         for i, body in enumerate(bodies):
             request = raw_request(shopify_headers(secret, body), body)
             out = files[i % threads]
             out.write(b"%d\n" % len(request))
             out.write(request)
             count += 1
-    finally:
-        for f in files:
-            f.close()
     return count

@@ -20,6 +20,7 @@ async def test_a_hub_killed_mid_burst_loses_no_accepted_order_and_applies_nothin
     summary = await run_demo(orders=2000, faults=False, quiet=True, crash=True)
 
     assert summary["hub_killed_after_orders"] is not None
+    assert summary["hub_exit_code"] == 0  # the restarted hub drained on SIGTERM
     assert summary["orders_sent"] == 2000
     assert summary["orders_created"] == 2000
     assert summary["problems"] == []

@@ -118,9 +118,10 @@ async def run_demo(
         await hub.wait_ready()
         summary = await _drive(hub, sinks, shop_secret, api_key, orders, faults, crash, console)
     finally:
-        hub.terminate()
+        exit_code = hub.terminate()  # SIGTERM: drains and exits 0
         for sink in sinks.values():
             await sink.stop()
+    summary["hub_exit_code"] = exit_code
     summary["workdir"] = str(workdir) if keep else None
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)

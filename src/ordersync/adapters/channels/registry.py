@@ -76,8 +76,11 @@ class ShopifyConnector:
             # No database text column can hold NUL; refuse it before it poisons a batch.
             raise InboundError(422, "invalid_payload", "NUL characters (\\u0000) are not accepted")
         try:
-            payload = shopify.parse_body(body)
-            snapshot = shopify.map_order(channel_id, payload) if topic in shopify.TOPICS else None
+            if topic in shopify.TOPICS:
+                snapshot: OrderSnapshot | None = shopify.decode_order(channel_id, body)
+            else:
+                shopify.parse_body(body)  # still a well-formed JSON object, or 422
+                snapshot = None
         except shopify.MappingError as e:
             raise InboundError(422, "invalid_payload", str(e), path=e.path) from None
         kept = {h: headers[h] for h in self._AUDIT_HEADERS if h in headers}

@@ -12,6 +12,7 @@ from ordersync.bootstrap import Hub
 from ordersync.entrypoints.api import errors
 from ordersync.entrypoints.api.auth import ApiKeys
 from ordersync.entrypoints.api.routes import deliveries, ops, orders, webhooks
+from ordersync.entrypoints.api.routes.webhooks import WebhookFastPath
 
 
 def create_app(hub: Hub, *, manage_hub: bool = True) -> FastAPI:
@@ -37,6 +38,7 @@ def create_app(hub: Hub, *, manage_hub: bool = True) -> FastAPI:
     app.state.hub = hub
     app.state.api_keys = ApiKeys(hub.settings.api_keys)
     errors.install(app)
+    app.add_middleware(WebhookFastPath)
     for r in (webhooks.router, orders.router, deliveries.router, ops.router):
         app.include_router(r)
     return app

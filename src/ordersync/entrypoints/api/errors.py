@@ -42,17 +42,22 @@ _TITLES = {
 }
 
 
+def problem_body(status: int, code: str, detail: str, **extra: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "type": PROBLEM_BASE + code,
+            "title": _TITLES.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+            **{k: v for k, v in extra.items() if v is not None},
+        }
+    )
+
+
 def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
-    body = {
-        "type": PROBLEM_BASE + code,
-        "title": _TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-        **{k: v for k, v in extra.items() if v is not None},
-    }
     headers = {"WWW-Authenticate": 'Bearer realm="ordersync"'} if status == 401 else None
     return Response(
-        orjson.dumps(body),
+        problem_body(status, code, detail, **extra),
         status_code=status,
         media_type="application/problem+json",
         headers=headers,

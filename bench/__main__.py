@@ -1,0 +1,84 @@
+"""`python -m bench [ingest|e2e|rss|all]`: run the benchmarks, print tables, write JSON.
+
+python -m bench ingest --seconds 15          # hub vs. baseline, SQLite and PostgreSQL
+python -m bench e2e --orders 20000           # 3 destinations, SQLite and PostgreSQL
+python -m bench rss --orders 100000          # peak RSS of `ordersync serve`
+python -m bench all                          # all three, in that order
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from bench.common import RESULTS_DIR, describe_machine, machine_info
+
+E2E_ORDERS = 20_000
+RSS_ORDERS = 100_000
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("which", nargs="?", default="all", choices=["ingest", "e2e", "rss", "all"])
+    parser.add_argument("--seconds", type=float, default=15.0, help="ingest: measured seconds")
+    parser.add_argument("--warmup", type=float, default=3.0, help="ingest: warm-up seconds")
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=None,
+        help=f"e2e / rss: orders to send (default {E2E_ORDERS} / {RSS_ORDERS})",
+    )
+    parser.add_argument(
+        "--rss-orders", type=int, default=RSS_ORDERS, help="rss orders when running `all`"
+    )
+    parser.add_argument(
+        "--db",
+        default="sqlite,postgresql",
+        help="comma-separated databases for ingest and e2e (sqlite, postgresql)",
+    )
+    parser.add_argument("--connections", type=int, default=64, help="concurrent connections")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per configuration")
+    return parser.parse_args()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    from bench.e2e import run_e2e, run_rss
+    from bench.ingest import run_ingest
+
+    dbs = [d.strip() for d in args.db.split(",") if d.strip()]
+    for db in dbs:
+        if db not in ("sqlite", "postgresql"):
+            raise SystemExit(f"unknown database {db!r}: use sqlite and/or postgresql")
+    print(describe_machine(machine_info()), flush=True)
+    if args.which in ("ingest", "all"):
+        await run_ingest(
+            dbs,
+            seconds=args.seconds,
+            warmup=args.warmup,
+            connections=args.connections,
+            repeat=args.repeat,
+        )
+    if args.which in ("e2e", "all"):
+        await run_e2e(
+            dbs, orders=args.orders or E2E_ORDERS, concurrency=args.connections, repeat=args.repeat
+        )
+    if args.which == "rss":
+        await run_rss(orders=args.orders or RSS_ORDERS, concurrency=args.connections)
+    elif args.which == "all":
+        await run_rss(orders=args.rss_orders, concurrency=args.connections)
+    print(f"\nresults in {RESULTS_DIR}/", flush=True)
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+if __name__ == "__main__":
+    _run(_main(_parse()))
