@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -61,6 +62,21 @@ def _tool_version(cmd: list[str]) -> str:
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
 
 
+def source_fingerprint() -> dict[str, str]:
+    """Which hub code was measured: a hash of src/ordersync/**/*.py and its newest mtime
+    (the tree may change between runs while other work goes on)."""
+    src = BENCH_DIR.parent / "src" / "ordersync"
+    digest = hashlib.sha256()
+    newest = 0.0
+    for path in sorted(src.rglob("*.py")):
+        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
+        newest = max(newest, path.stat().st_mtime)
+    return {
+        "sha256_12": digest.hexdigest()[:12],
+        "newest_mtime_utc": dt.datetime.fromtimestamp(newest, dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on: the machine and the conditions."""
     mem_kb = next(
@@ -77,6 +93,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "mem_total_gb": round(mem_kb / 1024 / 1024, 1),
         "uptime_at_start": uptime(),
+        "ordersync_source": source_fingerprint(),
         "sqlite": sqlite3.sqlite_version,
         "postgresql": pg_server_version(),
         "wrk": _tool_version(["wrk", "--version"]),
@@ -101,7 +118,8 @@ def describe_machine(info: dict[str, Any]) -> str:
     return (
         f"{info['date_utc']}  Python {info['python']}  {info['cpu_count']} CPU"
         f" ({info['cpu_model']})  kernel {info['kernel']}  SQLite {info['sqlite']}"
-        f"  {info['postgresql']}\n{info['uptime_at_start']}"
+        f"  {info['postgresql']}  ordersync src {info['ordersync_source']['sha256_12']}"
+        f"\n{info['uptime_at_start']}"
     )
 
 

@@ -60,7 +60,7 @@ def destination(name: str, url: str, secret: str) -> dict[str, Any]:
         "url": url,
         "secret": secret,
         "events": ["order.created"],
-        "retry_schedule": RETRY_SCHEDULE,
+        "retry_schedule": list(RETRY_SCHEDULE),
         # As in `ordersync demo`: after the quick retries, back off 1 s .. 5 s.
         "retry_backoff": {"base": 1.0, "max_delay": 5.0, "max_age": 3600},
     }
@@ -336,7 +336,7 @@ async def run_e2e_once(db: str, orders: int, concurrency: int) -> dict[str, Any]
         "webhook_error_statuses": load.statuses,
         "sink_stats": stats,
         "hub_orders_rows": orders_rows,
-        "hub_delivery_states": dict(s.rsplit(" ", 1) for s in states),
+        "hub_delivery_states": {k: int(v) for k, v in (s.rsplit(" ", 1) for s in states)},
         "hub_rss_kib": {"at_ready": mem_ready, "at_end": mem_end},
         "hub_rss_samples_kib": rss[:: max(1, len(rss) // 60)],
         "cpu": cpu,

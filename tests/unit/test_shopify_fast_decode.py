@@ -42,3 +42,17 @@ def test_an_id_beyond_64_bits_keeps_every_digit() -> None:
     snap = decode_order("shop-eu", body)
 
     assert snap.external_id == "123456789012345678901"
+
+
+def test_ids_sort_in_creation_order() -> None:
+    """Ids made a millisecond apart sort by time, so cursors follow creation order."""
+    import time
+
+    from ordersync.ids import new_id
+
+    first = new_id("ord")
+    time.sleep(0.002)
+    second = new_id("ord")
+
+    assert first < second
+    assert len(first) == len("ord_") + 26
