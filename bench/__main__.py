@@ -40,6 +40,13 @@ def _parse() -> argparse.Namespace:
     )
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections")
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="e2e: pace the orders at this many per second (default: as fast as accepted);"
+        " results then go to e2e_paced_<rate>.json",
+    )
     return parser.parse_args()
 
 
@@ -62,7 +69,11 @@ async def _main(args: argparse.Namespace) -> None:
         )
     if args.which in ("e2e", "all"):
         await run_e2e(
-            dbs, orders=args.orders or E2E_ORDERS, concurrency=args.connections, repeat=args.repeat
+            dbs,
+            orders=args.orders or E2E_ORDERS,
+            concurrency=args.connections,
+            repeat=args.repeat,
+            rate=args.rate,
         )
     if args.which == "rss":
         await run_rss(orders=args.orders or RSS_ORDERS, concurrency=args.connections)

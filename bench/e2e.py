@@ -38,6 +38,7 @@ from bench.common import (
     machine_info,
     percentile,
     print_table,
+    source_fingerprint,
     uptime,
     vm_status,
     wait_for_quiet,
@@ -131,7 +132,9 @@ class Load:
         self.failed = 0
         self.statuses: dict[int, int] = {}
 
-    async def run(self, concurrency: int) -> None:
+    async def run(self, concurrency: int, rate: float = 0.0) -> None:
+        """Send everything; with `rate` (orders/s), order i goes no earlier than i / rate s
+        after the first (open loop, as long as `concurrency` allows)."""
         next_index = 0
         timeout = aiohttp.ClientTimeout(total=30)
         connector = aiohttp.TCPConnector(limit=concurrency)
@@ -141,6 +144,8 @@ class Load:
             while next_index < len(self.requests):
                 i = next_index
                 next_index += 1
+                if rate > 0 and (delay := self.first_send + i / rate - time.monotonic()) > 0:
+                    await asyncio.sleep(delay)
                 await self._one(session, i, timeout)
 
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -264,7 +269,7 @@ def _analyse(load: Load, ledgers: dict[str, list[list[Any]]]) -> dict[str, Any]:
     }
 
 
-async def run_e2e_once(db: str, orders: int, concurrency: int) -> dict[str, Any]:
+async def run_e2e_once(db: str, orders: int, concurrency: int, rate: float = 0.0) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"ordersync-bench-e2e-{db}-"))
     secret = os.urandom(24).hex()
     started = time.monotonic()
@@ -302,7 +307,7 @@ async def run_e2e_once(db: str, orders: int, concurrency: int) -> dict[str, Any]
         )
         meter.start()
         sampler = asyncio.create_task(_sample_rss(pid, rss, time.monotonic()))
-        await load.run(concurrency)
+        await load.run(concurrency, rate)
         print(
             f"  {orders - load.failed} accepted in {load.last_accept - load.first_send:.1f}s;"
             " waiting for the sinks",
@@ -328,8 +333,10 @@ async def run_e2e_once(db: str, orders: int, concurrency: int) -> dict[str, Any]
         drop_pg_database(pg_name)
     result = {
         "db": db,
+        "ordersync_source": source_fingerprint()["sha256_12"],
         "orders": orders,
         "concurrency": concurrency,
+        "paced_rate": rate or None,
         **analysis,
         "webhooks_failed": load.failed,
         "webhook_retries": load.retries,
@@ -389,37 +396,41 @@ def row(r: dict[str, Any]) -> list[Any]:
     ]
 
 
-def conditions(orders: int, concurrency: int) -> str:
+def conditions(orders: int, concurrency: int, rate: float = 0.0) -> str:
+    pace = f"paced at {rate:g}/s, " if rate else ""
     return (
-        f"{orders} orders/create via aiohttp ({concurrency} in flight, uvloop), hub"
+        f"{orders} orders/create via aiohttp ({pace}{concurrency} in flight, uvloop), hub"
         " `ordersync serve` with 3 destinations subscribed to order.created (retry_schedule"
         f" {RETRY_SCHEDULE}), 3 Standard Webhooks sinks (signature checked) in one separate"
         " process; all on one machine"
     )
 
 
-async def run_e2e(dbs: list[str], *, orders: int, concurrency: int, repeat: int) -> dict[str, Any]:
+async def run_e2e(
+    dbs: list[str], *, orders: int, concurrency: int, repeat: int, rate: float = 0.0
+) -> dict[str, Any]:
     info = machine_info()
     results = []
     for db in dbs:
         for attempt in range(repeat):
             print(f"e2e: {orders} orders on {db} (run {attempt + 1}/{repeat})", flush=True)
-            r = await run_e2e_once(db, orders, concurrency)
+            r = await run_e2e_once(db, orders, concurrency, rate)
             r["run"] = attempt + 1
             results.append(r)
             print_table("", COLUMNS, [row(r)])
     table = print_table(
-        f"e2e ({conditions(orders, concurrency)})", COLUMNS, [row(r) for r in results]
+        f"e2e ({conditions(orders, concurrency, rate)})", COLUMNS, [row(r) for r in results]
     )
+    name = f"e2e_paced_{rate:g}" if rate else "e2e"
     payload = {
-        "benchmark": "e2e",
+        "benchmark": name,
         "machine": info,
-        "conditions": conditions(orders, concurrency),
+        "conditions": conditions(orders, concurrency, rate),
         "results": results,
         "table": table,
         "uptime_at_end": uptime(),
     }
-    write_result("e2e", payload)
+    write_result(name, payload)
     return payload
 
 

@@ -28,6 +28,7 @@ from bench.common import (
     log_problems,
     machine_info,
     print_table,
+    source_fingerprint,
     uptime,
     vm_status,
     wait_for_quiet,
@@ -197,6 +198,7 @@ async def measure_server(
     result = {
         "server": kind,
         "db": db,
+        "ordersync_source": source_fingerprint()["sha256_12"],
         "connections": connections,
         "warmup": {"seconds": warmup, "requests": warm.requests, "rps": round(warm.rps, 1)},
         "seconds": round(run.duration_s, 2),
