@@ -14,9 +14,11 @@ import abc
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from ordersync.domain.orders import Order
+from ordersync.domain.codec import order_to_dict
+from ordersync.domain.orders import HistoryEntry, Order
+from ordersync.service.outbox import EventRouter, OutboxEntry, outbox_entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,53 @@ class OrderRepository(abc.ABC):
     @abc.abstractmethod
     def save(self, order: Order) -> None:
         """A changed order: updated at commit, with its new history and events."""
+
+
+class BufferedOrderRepository(OrderRepository):
+    """The identity map and write buffer every backend shares: what `add` and `save` mean.
+
+    A backend only supplies the loading (`get`, `get_by_external`, `preload_external`), feeds
+    what it loads through `_remember`, and writes `new`, `dirty`, `history` and `outbox` at
+    commit. Events are turned into outbox entries at once, from the order at that version.
+    """
+
+    def __init__(self, router: EventRouter) -> None:
+        self._router = router
+        self._by_id: dict[str, Order] = {}
+        self._by_ext: dict[tuple[str, str], Order | None] = {}  # None: known to be absent
+        self.new: dict[str, Order] = {}
+        self.dirty: dict[str, Order] = {}
+        self.history: list[tuple[str, HistoryEntry]] = []
+        self.outbox: list[OutboxEntry] = []
+        self.docs: dict[str, dict[str, Any]] = {}  # canonical JSON per order, built once
+
+    def _remember(self, order: Order) -> Order:
+        self._by_id[order.id] = order
+        if order.external_id is not None:
+            self._by_ext[(order.channel_id, order.external_id)] = order
+        return order
+
+    def add(self, order: Order) -> None:
+        self.new[order.id] = self._remember(order)
+        self._collect(order)
+
+    def save(self, order: Order) -> None:
+        if order.id not in self.new:
+            self.dirty[order.id] = order
+        self._collect(order)
+
+    def _collect(self, order: Order) -> None:
+        history, events = order.take_changes()
+        self.history.extend((order.id, h) for h in history)
+        doc = self.docs[order.id] = order_to_dict(order)
+        self.outbox.extend(outbox_entries(order, events, self._router, doc))
+
+    def forget(self) -> None:
+        """Drop everything loaded and buffered (after a commit or rollback)."""
+        for buffer in (self._by_id, self._by_ext, self.new, self.dirty, self.docs):
+            buffer.clear()
+        self.history.clear()
+        self.outbox.clear()
 
 
 class Inbox(abc.ABC):

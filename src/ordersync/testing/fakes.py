@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from ordersync.domain.delivery import DeliveryState
 from ordersync.domain.orders import HistoryEntry, Order
 from ordersync.service.delivery_ports import AttemptOutcome, AttemptRecord, DueDelivery
-from ordersync.service.outbox import EventRouter, OutboxEntry, outbox_entries
+from ordersync.service.outbox import EventRouter, OutboxEntry
 from ordersync.service.unit_of_work import (
+    BufferedOrderRepository,
     IdempotencyStore,
     Inbox,
     InboxRecord,
-    OrderRepository,
     StoredResponse,
     UnitOfWork,
 )
@@ -82,21 +82,10 @@ class FakeDatabase:
         return [e for e in self.outbox if e.order_id == order_id]
 
 
-class FakeOrderRepository(OrderRepository):
+class FakeOrderRepository(BufferedOrderRepository):
     def __init__(self, db: FakeDatabase) -> None:
+        super().__init__(db.router)
         self._db = db
-        self._by_id: dict[str, Order] = {}
-        self._by_ext: dict[tuple[str, str], Order] = {}
-        self.new: dict[str, Order] = {}
-        self.dirty: dict[str, Order] = {}
-        self.history: list[tuple[str, HistoryEntry]] = []
-        self.outbox: list[OutboxEntry] = []
-
-    def _remember(self, order: Order) -> Order:
-        self._by_id[order.id] = order
-        if order.external_id is not None:
-            self._by_ext[(order.channel_id, order.external_id)] = order
-        return order
 
     async def get(self, order_id: str) -> Order | None:
         if order_id in self._by_id:
@@ -111,28 +100,6 @@ class FakeOrderRepository(OrderRepository):
             return self._by_ext[key]
         stored = self._db.order_by_external(channel_id, external_id)
         return None if stored is None else self._remember(stored.copy())
-
-    def add(self, order: Order) -> None:
-        self.new[order.id] = self._remember(order)
-        self._collect(order)
-
-    def save(self, order: Order) -> None:
-        if order.id not in self.new:
-            self.dirty[order.id] = order
-        self._collect(order)
-
-    def _collect(self, order: Order) -> None:
-        history, events = order.take_changes()
-        self.history.extend((order.id, h) for h in history)
-        self.outbox.extend(outbox_entries(order, events, self._db.router))
-
-    def forget(self) -> None:
-        self._by_id.clear()
-        self._by_ext.clear()
-        self.new.clear()
-        self.dirty.clear()
-        self.history.clear()
-        self.outbox.clear()
 
 
 class FakeInbox(Inbox):

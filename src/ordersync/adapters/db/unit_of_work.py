@@ -14,14 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
 from ordersync.adapters.db.database import Database
 from ordersync.clock import to_us, utcnow
-from ordersync.domain.codec import order_from_dict, order_to_dict
-from ordersync.domain.orders import HistoryEntry, Order
-from ordersync.service.outbox import EventRouter, OutboxEntry, outbox_entries
+from ordersync.domain.codec import order_from_dict
+from ordersync.domain.orders import Order
+from ordersync.service.outbox import EventRouter, OutboxEntry
 from ordersync.service.unit_of_work import (
+    BufferedOrderRepository,
     IdempotencyStore,
     Inbox,
     InboxRecord,
-    OrderRepository,
     StoredResponse,
     UnitOfWork,
 )
@@ -55,23 +55,10 @@ class _Conn:
             self.conn, self.tx = None, None
 
 
-class SqlOrderRepository(OrderRepository):
+class SqlOrderRepository(BufferedOrderRepository):
     def __init__(self, c: _Conn, router: EventRouter) -> None:
+        super().__init__(router)
         self._c = c
-        self._router = router
-        self._by_id: dict[str, Order] = {}
-        self._by_ext: dict[tuple[str, str], Order | None] = {}
-        self.new: dict[str, Order] = {}
-        self.dirty: dict[str, Order] = {}
-        self.history: list[tuple[str, HistoryEntry]] = []
-        self.outbox: list[OutboxEntry] = []
-        self.docs: dict[str, dict[str, Any]] = {}  # canonical JSON per order, built once
-
-    def _remember(self, order: Order) -> Order:
-        self._by_id[order.id] = order
-        if order.external_id is not None:
-            self._by_ext[(order.channel_id, order.external_id)] = order
-        return order
 
     async def get(self, order_id: str) -> Order | None:
         if order_id in self._by_id:
@@ -103,21 +90,6 @@ class SqlOrderRepository(OrderRepository):
             self._remember(order_from_dict(orjson.loads(doc)))
         for e in wanted:
             self._by_ext.setdefault((channel_id, e), None)
-
-    def add(self, order: Order) -> None:
-        self.new[order.id] = self._remember(order)
-        self._collect(order)
-
-    def save(self, order: Order) -> None:
-        if order.id not in self.new:
-            self.dirty[order.id] = order
-        self._collect(order)
-
-    def _collect(self, order: Order) -> None:
-        history, events = order.take_changes()
-        self.history.extend((order.id, h) for h in history)
-        doc = self.docs[order.id] = order_to_dict(order)
-        self.outbox.extend(outbox_entries(order, events, self._router, doc))
 
 
 class SqlInbox(Inbox):
