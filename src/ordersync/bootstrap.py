@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
+from ordersync.adapters.bus.rabbitmq import RabbitBus
 from ordersync.adapters.db import migrate
 from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.deliveries import SqlDeliveryStore
+from ordersync.adapters.db.relay import SqlRelayStore
 from ordersync.adapters.db.unit_of_work import SqlUnitOfWork
 from ordersync.adapters.destinations.webhooks import HttpSender
 from ordersync.adapters.metrics import Metrics
 from ordersync.config import DestinationConfig, Settings
 from ordersync.domain.delivery import Backoff, RetryPolicy
+from ordersync.service.bus_consumer import BusConsumer
 from ordersync.service.dispatcher import Destination, Dispatcher
 from ordersync.service.messagebus import MessageBus
 from ordersync.service.outbox import EventRouter
+from ordersync.service.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +48,24 @@ def destination_from_config(c: DestinationConfig) -> Destination:
 
 
 class _BusObserver:
-    def __init__(self, metrics: Metrics, dispatcher: Dispatcher) -> None:
+    def __init__(self, metrics: Metrics, wake: Callable[[set[str]], None]) -> None:
         self._metrics = metrics
-        self._dispatcher = dispatcher
+        self._wake = wake
 
     def batch_committed(self, size: int, seconds: float, destinations: set[str]) -> None:
         self._metrics.batch_committed(size, seconds, destinations)
         if destinations:
-            self._dispatcher.wake(destinations)
+            self._wake(destinations)
+
+
+class Role(StrEnum):
+    """What a process runs. Without a broker, `serve` is ALL (embedded); with one, `serve`
+    is API and `ordersync worker` is WORKER. A WORKER without a broker shares the database
+    queue with the other processes (PostgreSQL leases)."""
+
+    ALL = "all"
+    API = "api"
+    WORKER = "worker"
 
 
 @dataclass
@@ -61,16 +77,34 @@ class Hub:
     deliveries: SqlDeliveryStore
     dispatcher: Dispatcher
     sender: HttpSender
+    role: Role = Role.ALL
+    broker: RabbitBus | None = None
+    relay: OutboxRelay | None = None
+    consumer: BusConsumer | None = None
     running: bool = False
     _gauge_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def dispatches(self) -> bool:
+        return self.role is not Role.API
 
     async def start(self, *, run_migrations: bool = True, dispatch: bool = True) -> None:
         if run_migrations:
             await migrate.upgrade(self.db)
         self.bus.start()
-        if dispatch:
+        if self.broker is not None:
+            await self.broker.connect()
+        if dispatch and self.dispatches:
             await self.sender.start()
-            self.dispatcher.start()
+            w = self.settings.worker
+            self.dispatcher.start(
+                fresh_grace=self.settings.broker.sweep_grace if self.broker else 0.0,
+                lease_renew_every=w.lease_seconds / 4 if self.deliveries.leased else None,
+            )
+            if self.relay is not None:
+                self.relay.start()
+            if self.broker is not None and self.consumer is not None:
+                await self.broker.subscribe(self.consumer.handle)
         self._gauge_task = asyncio.create_task(self._refresh_gauges(), name="gauges")
         self.running = True
 
@@ -78,8 +112,14 @@ class Hub:
         """Drain: finish queued commands, let in-flight deliveries complete and be recorded."""
         self.running = False
         await self.bus.stop()
+        if self.broker is not None:
+            await self.broker.unsubscribe()  # handlers in flight finish and ack
+        if self.relay is not None:
+            await self.relay.stop()
         await self.dispatcher.stop()
         await self.sender.close()
+        if self.broker is not None:
+            await self.broker.close()
         if self._gauge_task is not None:
             self._gauge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -89,31 +129,80 @@ class Hub:
     async def handle(self, cmd: Any) -> Any:
         return await self.bus.handle(cmd)
 
+    async def checks(self) -> dict[str, str]:
+        """Readiness of each dependency: "ok" or a short error."""
+        out: dict[str, str] = {"hub": "ok" if self.running else "starting"}
+        try:
+            await self.db.ping()
+            out["database"] = "ok"
+        except Exception as e:  # report, do not crash the probe
+            out["database"] = f"error: {type(e).__name__}"
+        if self.broker is not None:
+            try:
+                await self.broker.ping()
+                out["broker"] = "ok"
+            except Exception as e:
+                out["broker"] = f"error: {type(e).__name__}"
+        return out
+
     async def _refresh_gauges(self) -> None:
         while True:
             try:
                 for dest, states in (await self.deliveries.summary()).items():
                     for state, n in states.items():
                         self.metrics.deliveries.labels(dest, state).set(n)
+                if self.broker is not None and self.role is not Role.API:
+                    for queue, n in (await self.broker.queue_depths()).items():
+                        self.metrics.queue_depth.labels(queue).set(n)
             except Exception:  # metrics must never take the hub down
-                log.debug("refreshing delivery gauges failed", exc_info=True)
+                log.debug("refreshing gauges failed", exc_info=True)
             await asyncio.sleep(5)
 
 
-def build_hub(settings: Settings) -> Hub:
+def build_hub(settings: Settings, role: Role | None = None) -> Hub:
+    """`role` None: ALL without a broker, API with one (what `serve` runs)."""
+    if role is None:
+        role = Role.API if settings.broker_url else Role.ALL
     db = Database(settings.database_url)
     metrics = Metrics()
     router = EventRouter((d.id, d.events) for d in settings.destinations)
-    store = SqlDeliveryStore(db)
+    store = SqlDeliveryStore(db, lease_seconds=settings.worker.lease_seconds)
     sender = HttpSender()
     dispatcher = Dispatcher(
         [destination_from_config(d) for d in settings.destinations], store, sender, metrics
     )
+    broker = relay = consumer = None
+    if settings.broker_url:
+        b = settings.broker
+        broker = RabbitBus(
+            settings.broker_url,
+            lanes=b.lanes,
+            prefetch=b.prefetch,
+            delivery_limit=b.delivery_limit,
+            name=f"ordersync-{role.value}",
+        )
+        if role is not Role.API:
+            relay = OutboxRelay(
+                SqlRelayStore(db),
+                broker,
+                batch=settings.worker.relay_batch,
+                ttl=settings.worker.relay_lease_seconds,
+                observer=metrics.relay_observer(),
+            )
+            consumer = BusConsumer(dispatcher, store)
+
+    def wake(destinations: set[str]) -> None:
+        # Embedded: new deliveries wake this process's dispatcher. With a broker the relay
+        # runs in the workers (woken by NOTIFY), so there is nothing to wake here.
+        if role is Role.ALL:
+            dispatcher.wake(destinations)
+
     writers = settings.ingest.writers or (1 if db.is_sqlite else 4)
+    relayed = broker is not None
     bus = MessageBus(
-        lambda: SqlUnitOfWork(db, router),
+        lambda: SqlUnitOfWork(db, router, relay=relayed),
         writers=writers,
         max_batch=settings.ingest.max_batch,
-        observer=_BusObserver(metrics, dispatcher),
+        observer=_BusObserver(metrics, wake),
     )
-    return Hub(settings, db, metrics, bus, store, dispatcher, sender)
+    return Hub(settings, db, metrics, bus, store, dispatcher, sender, role, broker, relay, consumer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -63,7 +64,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
 ) -> None:
-    """Run the API and the delivery workers in one process (embedded default)."""
+    """Run the API; without a broker also the delivery workers (embedded default)."""
     import uvicorn
 
     from ordersync.bootstrap import build_hub
@@ -84,6 +85,26 @@ def serve(
         backlog=2048,
         proxy_headers=False,  # no proxy in front by default; saves a middleware per request
     )
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    processes: Annotated[
+        int, typer.Option("--processes", "-p", help="Worker processes on this machine.", min=1)
+    ] = 1,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics of all these processes on this port.")
+    ] = None,
+) -> None:
+    """Run delivery workers (relay, broker consumer, sweeper) without the API."""
+    from ordersync.entrypoints.worker import run_worker, supervise
+
+    settings = _settings(config)
+    _setup_logging(settings.log_level)
+    if processes > 1 or (metrics_port is not None and "PROMETHEUS_MULTIPROC_DIR" in os.environ):
+        raise typer.Exit(supervise(config, processes, metrics_port))
+    _run(lambda: run_worker(settings, metrics_port=metrics_port))
 
 
 @app.command()

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "ORDERSYNC_"
 # Top-level keys that an environment variable may override, e.g. ORDERSYNC_DATABASE_URL.
@@ -96,6 +104,23 @@ class IngestConfig(_Model):
     writers: int | None = Field(default=None, ge=1, le=64)  # None: 1 on SQLite, 4 otherwise
 
 
+class BrokerConfig(_Model):
+    """RabbitMQ tuning (used when `broker_url` is set)."""
+
+    lanes: int = Field(default=8, ge=1, le=256)  # quorum queues an order id hashes onto
+    prefetch: int = Field(default=256, ge=1, le=65_535)  # unacked messages per worker
+    delivery_limit: int = Field(default=20, ge=1)  # redeliveries before dead-lettering
+    # Seconds a first attempt is left to the broker's consumers before the database
+    # sweeper takes it (it takes retries and anything a message did not bring at once).
+    sweep_grace: float = Field(default=2.0, ge=0)
+
+
+class WorkerConfig(_Model):
+    lease_seconds: float = Field(default=4.0, gt=0.5)  # a killed worker's claims expire after
+    relay_lease_seconds: float = Field(default=3.0, gt=0.5)
+    relay_batch: int = Field(default=1000, ge=1, le=50_000)
+
+
 class Settings(_Model):
     # repr=False: URLs may carry passwords, and settings get logged in tracebacks.
     database_url: str = Field(default="sqlite:///var/ordersync.db", repr=False)
@@ -106,6 +131,15 @@ class Settings(_Model):
     destinations: list[DestinationConfig] = Field(default_factory=list)
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _amqp(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL (RabbitMQ)")
+        return v or None
 
     @field_validator("channels", "destinations", "api_keys")
     @classmethod
@@ -116,6 +150,15 @@ class Settings(_Model):
                 raise ValueError(f"duplicate id {item.id!r}")
             seen.add(item.id)
         return v
+
+    @model_validator(mode="after")
+    def _broker_needs_postgres(self) -> Settings:
+        if self.broker_url and not self.database_url.startswith(("postgresql", "postgres")):
+            raise ValueError(
+                "broker_url needs a PostgreSQL database_url: several processes share the"
+                " outbox and the delivery leases"
+            )
+        return self
 
     def channel(self, channel_id: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.id == channel_id), None)

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ordersync.domain.delivery import DeliveryState
 from ordersync.service.delivery_ports import AttemptOutcome
 from ordersync.service.dispatcher import DeliveryObserver
+from ordersync.service.relay import RelayObserver
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -66,6 +67,43 @@ class Metrics(DeliveryObserver):
             ["destination", "state"],
             registry=r,
         )
+
+        self.queue_depth = Gauge(
+            "ordersync_queue_depth",
+            "Messages ready in each broker queue (lanes and dead letters).",
+            ["queue"],
+            registry=r,
+        )
+        self.relay_lag = Histogram(
+            "ordersync_relay_lag_seconds",
+            "Time from an event's commit to the broker confirming its publication.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.relay_published = Counter(
+            "ordersync_relay_published_events",
+            "Events the outbox relay published (confirmed by the broker).",
+            registry=r,
+        )
+        self.relay_leader = Gauge(
+            "ordersync_relay_leader",
+            "1 while this process holds the outbox relay lease.",
+            registry=r,
+        )
+
+    def relay_observer(self) -> RelayObserver:
+        metrics = self
+
+        class _Observer(RelayObserver):
+            def published(self, lags_seconds: list[float]) -> None:
+                metrics.relay_published.inc(len(lags_seconds))
+                for lag in lags_seconds:
+                    metrics.relay_lag.observe(lag)
+
+            def leader(self, is_leader: bool) -> None:
+                metrics.relay_leader.set(1 if is_leader else 0)
+
+        return _Observer()
 
     # DeliveryObserver
     def attempt(self, destination_id: str, outcome: AttemptOutcome, state: DeliveryState) -> None:

@@ -39,8 +39,16 @@ class AttemptRecord:
 
 
 class DeliveryStore(Protocol):
-    async def fetch_due(self, destination_id: str, now_us: int, limit: int) -> list[DueDelivery]:
-        """Pending deliveries due now that head their (destination, order) lane, oldest first."""
+    async def fetch_due(
+        self, destination_id: str, now_us: int, limit: int, fresh_before_us: int | None = None
+    ) -> list[DueDelivery]:
+        """Claim pending deliveries due now that head their (destination, order) lane, oldest
+        first. First attempts created after `fresh_before_us` are left out (a broker
+        consumer is about to take them)."""
+        ...
+
+    async def renew(self, seqs: list[int], now_us: int) -> None:
+        """Extend this process's claims on deliveries still in flight."""
         ...
 
     async def record(self, records: list[AttemptRecord]) -> None:

@@ -129,6 +129,9 @@ class DestinationWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._sends: set[asyncio.Task[None]] = set()
+        self._done: dict[int, asyncio.Future[None]] = {}
+        # Broker mode: first attempts younger than this belong to the bus consumers.
+        self.fresh_grace_us = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -165,8 +168,12 @@ class DestinationWorker:
         released: set[int] = set()
         self._released_during_fetch = released
         try:
+            now_us = to_us(utcnow())
             rows = await self._store.fetch_due(
-                self.dest.id, to_us(utcnow()), free + len(self.claimed)
+                self.dest.id,
+                now_us,
+                free + len(self.claimed),
+                now_us - self.fresh_grace_us if self.fresh_grace_us else None,
             )
         except BaseException:
             if self.breaker.probe_in_flight and not self.claimed:
@@ -187,6 +194,24 @@ class DestinationWorker:
             started += 1
         if started == 0 and free == 1 and self.breaker.probe_in_flight:
             self.breaker.probe_in_flight = False  # nothing to probe with yet
+
+    def accepts_now(self) -> bool:
+        """May a bus consumer hand over work now? No while stopping or the breaker is open
+        (the sweeper retries such deliveries when the breaker lets it)."""
+        return not self._stopping and self.breaker.capacity(time.monotonic(), 1) > 0
+
+    async def deliver(self, d: DueDelivery) -> None:
+        """Send one delivery claimed elsewhere (a bus consumer); return once its outcome is
+        recorded, so the consumer can acknowledge the message."""
+        if d.seq in self.claimed:
+            return
+        self.claimed.add(d.seq)
+        done = asyncio.get_running_loop().create_future()
+        self._done[d.seq] = done
+        task = asyncio.create_task(self._attempt(d))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+        await asyncio.shield(done)
 
     async def _attempt(self, d: DueDelivery) -> None:
         started = utcnow()
@@ -219,6 +244,8 @@ class DestinationWorker:
 
     def _release(self, seq: int) -> None:
         self.claimed.discard(seq)
+        if (done := self._done.pop(seq, None)) is not None and not done.done():
+            done.set_result(None)
         if self._released_during_fetch is not None:
             self._released_during_fetch.add(seq)
         self._wake.set()
@@ -237,14 +264,34 @@ class Dispatcher:
         self.workers = {
             d.id: DestinationWorker(d, store, sender, self.results, obs) for d in destinations
         }
+        self._store = store
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
+    def start(self, *, fresh_grace: float = 0.0, lease_renew_every: float | None = None) -> None:
+        """`fresh_grace`: seconds a first attempt is left to the broker's consumers.
+        `lease_renew_every`: renew the leases of in-flight deliveries this often."""
         self.results.start()
+        for w in self.workers.values():
+            w.fresh_grace_us = int(fresh_grace * 1e6)
         self._tasks = [
             asyncio.create_task(w.run(), name=f"dispatch-{w.dest.id}")
             for w in self.workers.values()
         ]
+        if lease_renew_every:
+            self._tasks.append(
+                asyncio.create_task(self._renew_leases(lease_renew_every), name="lease-renewal")
+            )
+
+    async def _renew_leases(self, every: float) -> None:
+        # A send may take longer than a lease (slow destination, long timeout): keep
+        # claiming what is still in flight, so no other worker sends it meanwhile.
+        while True:
+            await asyncio.sleep(every)
+            seqs = [s for w in self.workers.values() for s in w.claimed]
+            try:
+                await self._store.renew(seqs, to_us(utcnow()))
+            except Exception:
+                log.warning("renewing %d delivery leases failed", len(seqs), exc_info=True)
 
     def wake(self, destination_ids: set[str] | None = None) -> None:
         for dest_id, w in self.workers.items():
@@ -253,5 +300,10 @@ class Dispatcher:
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in self.workers.values()))
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        loops = [t for t in self._tasks if t.get_name() != "lease-renewal"]
+        await asyncio.gather(*loops, return_exceptions=True)
         await self.results.stop()
+        # Only now: leases must outlive the drain, or another worker would resend.
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

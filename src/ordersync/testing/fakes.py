@@ -243,6 +243,7 @@ class FakeDelivery:
     last_status: int | None = None
     last_error: str | None = None
     delivered_us: int | None = None
+    created_us: int = 0
 
     def due(self) -> DueDelivery:
         return DueDelivery(
@@ -321,8 +322,11 @@ class FakeDeliveryStore:
         return not self.in_state(DeliveryState.PENDING)
 
     # ---- DeliveryStore ---------------------------------------------------------------------
-    async def fetch_due(self, destination_id: str, now_us: int, limit: int) -> list[DueDelivery]:
+    async def fetch_due(
+        self, destination_id: str, now_us: int, limit: int, fresh_before_us: int | None = None
+    ) -> list[DueDelivery]:
         self.fetches += 1
+        fresh = now_us if fresh_before_us is None else fresh_before_us
         if self.fail_fetches > 0:
             self.fail_fetches -= 1
             raise FakeStoreError("fetch_due failed (injected)")
@@ -334,11 +338,16 @@ class FakeDeliveryStore:
             if d.order_id in lane_heads:
                 continue  # an earlier event of this order is still pending
             lane_heads.add(d.order_id)
+            if d.attempts == 0 and d.created_us > fresh:
+                continue  # a broker consumer takes first attempts during the grace period
             if d.next_attempt_us <= now_us and len(rows) < limit:
                 rows.append(d.due())
         if self.fetch_latency > 0:
             await asyncio.sleep(self.fetch_latency)
         return rows
+
+    async def renew(self, seqs: list[int], now_us: int) -> None:
+        """Leases only matter across processes; the fake serves one."""
 
     async def record(self, records: list[AttemptRecord]) -> None:
         if self.fail_records > 0:

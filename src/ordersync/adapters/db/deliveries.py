@@ -2,31 +2,107 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from ordersync.adapters.db.database import Database
 from ordersync.clock import from_us
 from ordersync.domain.codec import fmt_time
 from ordersync.domain.delivery import DeliveryState
 from ordersync.domain.errors import DeliveryNotFound, DeliveryNotReplayable
+from ordersync.ids import new_id
 from ordersync.service.delivery_ports import AttemptRecord, DueDelivery
+
+log = logging.getLogger(__name__)
 
 # A delivery is due when it is pending, its time has come, and no earlier event of the
 # same order is still pending for the same destination: that is per-order ordering.
-_FETCH_DUE = text(
-    """
-    SELECT d.seq, d.order_id, d.attempts, d.first_attempt_us, e.id, e.type, e.body
-    FROM deliveries d JOIN events e ON e.seq = d.event_seq
-    WHERE d.destination_id = :dest AND d.state = 'pending' AND d.next_attempt_us <= :now
+# `:fresh` holds back first attempts younger than the broker's grace period in broker mode
+# (the bus consumers take those); without a broker it is simply "now".
+_DUE_WHERE = """
+    d.destination_id = :dest AND d.state = 'pending' AND d.next_attempt_us <= :now
+      AND (d.attempts > 0 OR d.created_us <= :fresh)
       AND NOT EXISTS (
         SELECT 1 FROM deliveries p
         WHERE p.destination_id = d.destination_id AND p.order_id = d.order_id
           AND p.state = 'pending' AND p.seq < d.seq)
+"""
+_FETCH_DUE = text(
+    f"""
+    SELECT d.seq, d.order_id, d.attempts, d.first_attempt_us, e.id, e.type, e.body
+    FROM deliveries d JOIN events e ON e.seq = d.event_seq
+    WHERE {_DUE_WHERE}
     ORDER BY d.seq
     LIMIT :limit
+    """  # noqa: S608 - fixed SQL
+)
+# PostgreSQL, several workers: claim with a lease in the same statement. SKIP LOCKED lets
+# concurrent workers pass each other instead of queueing on the same rows.
+_CLAIM_DUE = text(
+    f"""
+    WITH c AS (
+      UPDATE deliveries SET lease_owner = :me, lease_until_us = :until
+      WHERE seq IN (
+        SELECT d.seq FROM deliveries d
+        WHERE {_DUE_WHERE}
+          AND (d.lease_until_us IS NULL OR d.lease_until_us < :now)
+        ORDER BY d.seq LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+      RETURNING seq, order_id, attempts, first_attempt_us, event_seq, destination_id)
+    SELECT c.seq, c.order_id, c.attempts, c.first_attempt_us, e.id, e.type, e.body,
+      c.destination_id
+    FROM c JOIN events e ON e.seq = c.event_seq ORDER BY c.seq
+    """  # noqa: S608 - fixed SQL
+)
+# A bus consumer claims the deliveries named in a message, if they still head their lane.
+_CLAIM_SEQS = text(
     """
+    WITH c AS (
+      UPDATE deliveries SET lease_owner = :me, lease_until_us = :until
+      WHERE seq IN (
+        SELECT d.seq FROM deliveries d
+        WHERE d.seq = ANY(CAST(:seqs AS BIGINT[])) AND d.state = 'pending'
+          AND d.next_attempt_us <= :now
+          AND (d.lease_until_us IS NULL OR d.lease_until_us < :now)
+          AND NOT EXISTS (
+            SELECT 1 FROM deliveries p
+            WHERE p.destination_id = d.destination_id AND p.order_id = d.order_id
+              AND p.state = 'pending' AND p.seq < d.seq)
+        FOR UPDATE SKIP LOCKED)
+      RETURNING seq, order_id, attempts, first_attempt_us, event_seq, destination_id)
+    SELECT c.seq, c.order_id, c.attempts, c.first_attempt_us, e.id, e.type, e.body,
+      c.destination_id
+    FROM c JOIN events e ON e.seq = c.event_seq ORDER BY c.seq
+    """
+)
+# Record outcomes only for deliveries this worker still holds: the owner id is the fence.
+# A worker whose lease was taken over (it stalled past the lease) records nothing; the new
+# holder sends again with the same webhook-id, which receivers dedupe.
+_RECORD_LEASED = text(
+    """
+    UPDATE deliveries d SET state = v.state, attempts = v.attempt, next_attempt_us = v.next,
+      first_attempt_us = COALESCE(d.first_attempt_us, v.started), updated_us = v.started,
+      last_status = v.status, last_error = v.error, delivered_us = v.delivered,
+      lease_owner = NULL, lease_until_us = NULL
+    FROM unnest(CAST(:seqs AS BIGINT[]), CAST(:states AS TEXT[]), CAST(:attempts AS INT[]),
+                CAST(:nexts AS BIGINT[]), CAST(:starteds AS BIGINT[]),
+                CAST(:statuses AS INT[]), CAST(:errors AS TEXT[]),
+                CAST(:delivereds AS BIGINT[]))
+      AS v(seq, state, attempt, next, started, status, error, delivered)
+    WHERE d.seq = v.seq AND d.lease_owner = :me AND d.state = 'pending'
+    RETURNING d.seq
+    """
+)
+_RENEW = text(
+    "UPDATE deliveries SET lease_until_us = :until WHERE seq = ANY(CAST(:seqs AS BIGINT[]))"
+    " AND lease_owner = :me AND state = 'pending'"
+)
+_INSERT_ATTEMPTS = text(
+    "INSERT INTO delivery_attempts (delivery_seq, attempt, started_us, duration_ms,"
+    " status, outcome, error) VALUES (:seq, :attempt, :started, :ms, :status,"
+    " :outcome, :error)"
 )
 
 
@@ -49,50 +125,118 @@ def parse_public_id(delivery_id: str) -> int:
     return int(num)
 
 
-class SqlDeliveryStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+def _due(r: Any, destination_id: str) -> DueDelivery:
+    return DueDelivery(
+        seq=r[0],
+        destination_id=destination_id,
+        order_id=r[1],
+        attempts=r[2],
+        first_attempt_us=r[3],
+        event_id=r[4],
+        event_type=r[5],
+        body=bytes(r[6]),
+    )
 
-    async def fetch_due(self, destination_id: str, now_us: int, limit: int) -> list[DueDelivery]:
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                _FETCH_DUE, {"dest": destination_id, "now": now_us, "limit": limit}
-            )
-            return [
-                DueDelivery(
-                    seq=r[0],
-                    destination_id=destination_id,
-                    order_id=r[1],
-                    attempts=r[2],
-                    first_attempt_us=r[3],
-                    event_id=r[4],
-                    event_type=r[5],
-                    body=bytes(r[6]),
+
+def _attempt_row(r: AttemptRecord) -> dict[str, Any]:
+    return {
+        "seq": r.delivery.seq,
+        "attempt": r.attempt,
+        "started": r.started_us,
+        "ms": r.outcome.duration_ms,
+        "status": r.outcome.status,
+        "outcome": "ok" if r.outcome.ok else "failed",
+        "error": r.outcome.error,
+    }
+
+
+class SqlDeliveryStore:
+    """On SQLite (one process by design) claims live in the dispatcher's memory. On
+    PostgreSQL every claim is a lease in the row, so any number of worker processes can
+    share the queue: `owner` names this process, `lease_seconds` is how long a claim holds
+    without renewal (a killed worker's work is taken over that much later)."""
+
+    def __init__(self, db: Database, *, owner: str = "", lease_seconds: float = 4.0) -> None:
+        self.db = db
+        self.owner = owner or new_id("wrk")
+        self.leased = not db.is_sqlite
+        self.lease_us = int(lease_seconds * 1e6)
+        self.lost_leases = 0  # outcomes discarded because another worker took the delivery
+
+    async def fetch_due(
+        self, destination_id: str, now_us: int, limit: int, fresh_before_us: int | None = None
+    ) -> list[DueDelivery]:
+        params = {
+            "dest": destination_id,
+            "now": now_us,
+            "fresh": now_us if fresh_before_us is None else fresh_before_us,
+            "limit": limit,
+        }
+        if not self.leased:
+            async with self.db.read() as conn:
+                rows = (await conn.execute(_FETCH_DUE, params)).all()
+            return [_due(r, destination_id) for r in rows]
+        params |= {"me": self.owner, "until": now_us + self.lease_us}
+        async with self.db.write() as conn:
+            rows = (await conn.execute(_CLAIM_DUE, params)).all()
+        return [_due(r, r[7]) for r in rows]
+
+    async def claim(self, seqs: list[int], now_us: int) -> list[DueDelivery]:
+        """Claim these deliveries if they are pending, due, unleased and head their lane."""
+        if not seqs:
+            return []
+        if not self.leased:
+            raise NotImplementedError("claims by id need PostgreSQL (broker mode)")
+        params = {"seqs": seqs, "now": now_us, "me": self.owner, "until": now_us + self.lease_us}
+        async with self.db.write() as conn:
+            rows = (await conn.execute(_CLAIM_SEQS, params)).all()
+        return [_due(r, r[7]) for r in rows]
+
+    async def renew(self, seqs: list[int], now_us: int) -> None:
+        if self.leased and seqs:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    _RENEW, {"seqs": seqs, "me": self.owner, "until": now_us + self.lease_us}
                 )
-                for r in rows
-            ]
+
+    async def states(self, seqs: list[int]) -> dict[int, str]:
+        stmt = text("SELECT seq, state FROM deliveries WHERE seq IN :s").bindparams(
+            bindparam("s", expanding=True)
+        )
+        async with self.db.read() as conn:
+            return {int(r[0]): str(r[1]) for r in await conn.execute(stmt, {"s": seqs})}
 
     async def record(self, records: list[AttemptRecord]) -> None:
         async with self.db.write() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO delivery_attempts (delivery_seq, attempt, started_us, duration_ms,"
-                    " status, outcome, error) VALUES (:seq, :attempt, :started, :ms, :status,"
-                    " :outcome, :error)"
-                ),
-                [
-                    {
-                        "seq": r.delivery.seq,
-                        "attempt": r.attempt,
-                        "started": r.started_us,
-                        "ms": r.outcome.duration_ms,
-                        "status": r.outcome.status,
-                        "outcome": "ok" if r.outcome.ok else "failed",
-                        "error": r.outcome.error,
-                    }
-                    for r in records
-                ],
-            )
+            if self.leased:
+                kept = {
+                    r[0]
+                    for r in await conn.execute(
+                        _RECORD_LEASED,
+                        {
+                            "me": self.owner,
+                            "seqs": [r.delivery.seq for r in records],
+                            "states": [r.state.value for r in records],
+                            "attempts": [r.attempt for r in records],
+                            "nexts": [r.next_attempt_us for r in records],
+                            "starteds": [r.started_us for r in records],
+                            "statuses": [r.outcome.status for r in records],
+                            "errors": [r.outcome.error for r in records],
+                            "delivereds": [r.started_us if r.outcome.ok else None for r in records],
+                        },
+                    )
+                }
+                if len(kept) < len(records):
+                    self.lost_leases += len(records) - len(kept)
+                    log.warning(
+                        "%d delivery outcomes discarded: their lease passed to another worker",
+                        len(records) - len(kept),
+                    )
+                    records = [r for r in records if r.delivery.seq in kept]
+                if records:
+                    await conn.execute(_INSERT_ATTEMPTS, [_attempt_row(r) for r in records])
+                return
+            await conn.execute(_INSERT_ATTEMPTS, [_attempt_row(r) for r in records])
             await conn.execute(
                 text(
                     "UPDATE deliveries SET state = :state, attempts = :attempt,"

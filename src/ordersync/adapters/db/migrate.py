@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from ordersync.adapters.db.database import Database
@@ -25,6 +26,9 @@ async def upgrade(db: Database, revision: str = "head") -> None:
         command.upgrade(_config(connection), revision)
 
     async with db.writer.begin() as conn:
+        if not db.is_sqlite:
+            # API and worker processes start together: one migrates, the others wait.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
         await conn.run_sync(run)
 
 

@@ -27,6 +27,7 @@ from ordersync.service.unit_of_work import (
 )
 
 _SELECT_ORDER = "SELECT doc FROM orders"
+OUTBOX_CHANNEL = "ordersync_outbox"  # PostgreSQL LISTEN/NOTIFY channel of the relay
 
 
 class _Conn:
@@ -153,8 +154,13 @@ class SqlIdempotencyStore(IdempotencyStore):
 
 
 class SqlUnitOfWork(UnitOfWork):
-    def __init__(self, db: Database, router: EventRouter) -> None:
+    """`relay`: a broker is configured, so routed events wait for the outbox relay (their
+    `published_us` stays NULL) and PostgreSQL listeners are notified at commit."""
+
+    def __init__(self, db: Database, router: EventRouter, *, relay: bool = False) -> None:
         self._c = _Conn(db)
+        self._relay = relay
+        self._notify = relay and not db.is_sqlite
         self.orders: SqlOrderRepository = SqlOrderRepository(self._c, router)
         self.inbox: SqlInbox = SqlInbox(self._c)
         self.idempotency: SqlIdempotencyStore = SqlIdempotencyStore(self._c)
@@ -164,7 +170,10 @@ class SqlUnitOfWork(UnitOfWork):
     async def commit(self) -> None:
         conn = await self._c.get()
         now_us = to_us(utcnow())
-        await _flush(conn, self, now_us)
+        await _flush(conn, self, now_us, self._relay)
+        if self._notify and any(e.destinations for e in self.orders.outbox):
+            # Delivered at commit, and only if it commits: wakes the relay at once.
+            await conn.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
         await self._c.close(commit=True)
         self.committed_destinations = {d for e in self.orders.outbox for d in e.destinations}
 
@@ -192,7 +201,7 @@ async def _executemany(conn: AsyncConnection, sql: str, rows: list[dict[str, Any
         await conn.execute(text(sql), rows)
 
 
-async def _flush(conn: AsyncConnection, uow: SqlUnitOfWork, now_us: int) -> None:
+async def _flush(conn: AsyncConnection, uow: SqlUnitOfWork, now_us: int, relay: bool) -> None:
     repo = uow.orders
     await _executemany(
         conn,
@@ -234,7 +243,7 @@ async def _flush(conn: AsyncConnection, uow: SqlUnitOfWork, now_us: int) -> None
         ],
     )
     if repo.outbox:
-        await _flush_outbox(conn, repo.outbox, now_us)
+        await _flush_outbox(conn, repo.outbox, now_us, relay)
     await _executemany(
         conn,
         "INSERT INTO inbox (source, message_id, topic, received_us, outcome, order_id, detail,"
@@ -273,12 +282,14 @@ async def _flush(conn: AsyncConnection, uow: SqlUnitOfWork, now_us: int) -> None
     )
 
 
-async def _flush_outbox(conn: AsyncConnection, entries: list[OutboxEntry], now_us: int) -> None:
+async def _flush_outbox(
+    conn: AsyncConnection, entries: list[OutboxEntry], now_us: int, relay: bool
+) -> None:
     # Events first; their sequence numbers order the deliveries of each order.
     await _executemany(
         conn,
-        "INSERT INTO events (id, type, order_id, order_version, created_us, body)"
-        " VALUES (:id, :type, :order_id, :version, :created_us, :body)",
+        "INSERT INTO events (id, type, order_id, order_version, created_us, body, published_us)"
+        " VALUES (:id, :type, :order_id, :version, :created_us, :body, :published_us)",
         [
             {
                 "id": e.event_id,
@@ -287,6 +298,8 @@ async def _flush_outbox(conn: AsyncConnection, entries: list[OutboxEntry], now_u
                 "version": e.version,
                 "created_us": now_us,
                 "body": e.body,
+                # NULL: the relay still has to publish it (only events someone subscribes to).
+                "published_us": None if relay and e.destinations else now_us,
             }
             for e in entries
         ],

@@ -18,13 +18,7 @@ async def healthz() -> Response:
 
 @router.get("/readyz", summary="Dependencies are reachable and the hub is running")
 async def readyz(request: Request) -> Response:
-    h = hub(request)
-    checks: dict[str, str] = {"hub": "ok" if h.running else "starting"}
-    try:
-        await h.db.ping()
-        checks["database"] = "ok"
-    except Exception as e:  # report, do not crash the probe
-        checks["database"] = f"error: {type(e).__name__}"
+    checks = await hub(request).checks()
     ready = all(v == "ok" for v in checks.values())
     return json_response(
         {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503

@@ -1,0 +1,179 @@
+"""RabbitMQ bus: quorum lane queues, pipelined publisher confirms, manual acks, dead letters.
+
+Topology (declared idempotently by every process at start):
+
+- exchange `ordersync.events` (direct, durable); one quorum queue per lane,
+  `ordersync.lane.<n>`, bound with routing key `<n>`; an order's events all use the lane
+  `crc32(order_id) % lanes`, so they queue in commit order;
+- lane queues dead-letter to `ordersync.dead` (fanout) -> `ordersync.dead-letters` once a
+  message has been redelivered `delivery_limit` times (a poison message that crashes its
+  consumer); its deliveries are still pending in the database and the sweeper retries them
+  under the normal retry policy, so dead-lettering a message never loses an event;
+- messages are persistent; the relay publishes a whole batch and waits for all confirms
+  together (pipelined), and consumers ack only after the outcome is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from ordersync.service.bus import EventMessage, Handler, lane_of
+
+log = logging.getLogger(__name__)
+
+EXCHANGE = "ordersync.events"
+DEAD_EXCHANGE = "ordersync.dead"
+DEAD_QUEUE = "ordersync.dead-letters"
+
+
+def lane_queue(n: int) -> str:
+    return f"ordersync.lane.{n}"
+
+
+class RabbitBus:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lanes: int = 8,
+        prefetch: int = 256,
+        delivery_limit: int = 20,
+        name: str = "ordersync",
+    ) -> None:
+        self.url = url
+        self.lanes = lanes
+        self.prefetch = prefetch
+        self.delivery_limit = delivery_limit
+        self.name = name
+        self._conn: AbstractRobustConnection | None = None
+        self._pub_channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._consume_channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._handling: set[asyncio.Task[None]] = set()
+
+    async def connect(self) -> None:
+        self._conn = await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": self.name}, timeout=10
+        )
+        ch = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+        self._pub_channel = ch
+        await self._declare(ch)
+        self._exchange = await ch.get_exchange(EXCHANGE)
+
+    async def _declare(self, ch: aio_pika.abc.AbstractChannel) -> None:
+        ex = await ch.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+        dead = await ch.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+        dq = await ch.declare_queue(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        await dq.bind(dead)
+        for n in range(self.lanes):
+            q = await ch.declare_queue(
+                lane_queue(n),
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-delivery-limit": self.delivery_limit,
+                    "x-dead-letter-exchange": DEAD_EXCHANGE,
+                },
+            )
+            await q.bind(ex, routing_key=str(n))
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.close(), 5)
+            self._conn = None
+
+    async def ping(self) -> None:
+        if self._conn is None or self._conn.is_closed:
+            raise ConnectionError("not connected to RabbitMQ")
+        # A passive declare is a real round trip to the broker.
+        assert self._pub_channel is not None
+        await asyncio.wait_for(self._pub_channel.get_exchange(EXCHANGE, ensure=True), 2)
+
+    # ---- Publisher -------------------------------------------------------------------
+    async def publish(self, messages: list[EventMessage]) -> None:
+        if self._exchange is None:
+            raise ConnectionError("not connected to RabbitMQ")
+        ex = self._exchange
+        # All in flight at once, then wait for every confirm: one round trip per batch.
+        confirms = [
+            ex.publish(
+                aio_pika.Message(
+                    m.encode(),
+                    message_id=m.event_id,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=str(lane_of(m.order_id, self.lanes)),
+                mandatory=True,
+                timeout=30,
+            )
+            for m in messages
+        ]
+        results = await asyncio.gather(*confirms, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    # ---- Subscriber ------------------------------------------------------------------
+    async def subscribe(self, handler: Handler) -> None:
+        assert self._conn is not None, "connect() first"
+        ch = await self._conn.channel(publisher_confirms=False)
+        await ch.set_qos(prefetch_count=self.prefetch)
+        self._consume_channel = ch
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            # Run handlers concurrently (up to the prefetch); ordering is the consumer's job.
+            task = asyncio.create_task(self._handle(handler, message))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+
+        for n in range(self.lanes):
+            q = await ch.get_queue(lane_queue(n))
+            tag = await q.consume(on_message, no_ack=False)
+            self._consumers.append((q, tag))
+
+    async def _handle(self, handler: Handler, message: AbstractIncomingMessage) -> None:
+        try:
+            msg = EventMessage.decode(message.body)
+        except Exception:
+            log.error("undecodable bus message %s; dead-lettering it", message.message_id)
+            with contextlib.suppress(Exception):
+                await message.reject(requeue=False)
+            return
+        try:
+            await handler(msg)
+        except Exception:
+            log.warning(
+                "handling %s failed; the broker will redeliver it", msg.event_id, exc_info=True
+            )
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
+        with contextlib.suppress(Exception):  # channel gone: the broker redelivers; we dedupe
+            await message.ack()
+
+    async def unsubscribe(self) -> None:
+        for q, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await q.cancel(tag)
+        self._consumers.clear()
+        if self._handling:
+            await asyncio.gather(*self._handling, return_exceptions=True)
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages ready in each lane and in the dead-letter queue (passive declares)."""
+        assert self._conn is not None
+        out: dict[str, int] = {}
+        async with self._conn.channel() as ch:
+            for name in [*(lane_queue(n) for n in range(self.lanes)), DEAD_QUEUE]:
+                q: Any = await ch.declare_queue(name, passive=True)
+                out[name] = int(q.declaration_result.message_count or 0)
+        return out
