@@ -178,7 +178,9 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
             settings.broker_url,
             lanes=b.lanes,
             prefetch=b.prefetch,
+            events_per_message=b.events_per_message,
             delivery_limit=b.delivery_limit,
+            namespace=b.namespace,
             name=f"ordersync-{role.value}",
         )
         if role is not Role.API:

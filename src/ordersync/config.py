@@ -107,8 +107,11 @@ class IngestConfig(_Model):
 class BrokerConfig(_Model):
     """RabbitMQ tuning (used when `broker_url` is set)."""
 
+    # Prefix of the exchanges and queues, so several hubs (or test runs) share one broker.
+    namespace: str = Field(default="ordersync", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     lanes: int = Field(default=8, ge=1, le=256)  # quorum queues an order id hashes onto
-    prefetch: int = Field(default=256, ge=1, le=65_535)  # unacked messages per worker
+    prefetch: int = Field(default=32, ge=1, le=65_535)  # unacked messages per worker
+    events_per_message: int = Field(default=100, ge=1, le=10_000)  # a lane's events batched
     delivery_limit: int = Field(default=20, ge=1)  # redeliveries before dead-lettering
     # Seconds a first attempt is left to the broker's consumers before the database
     # sweeper takes it (it takes retries and anything a message did not bring at once).

@@ -20,10 +20,19 @@ def free_port() -> int:
 
 
 class HubProcess:
+    """`command`: "serve" (HTTP on `port`) or "worker" (its metrics on `port`)."""
+
     def __init__(
-        self, config: Path, port: int, *, log_path: Path, env: dict[str, str] | None = None
+        self,
+        config: Path,
+        port: int,
+        *,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        command: str = "serve",
     ) -> None:
         self.config = config
+        self.command = command
         self.port = port
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
@@ -38,11 +47,14 @@ class HubProcess:
         cmd = [
             sys.executable,
             *(os.environ.get("ORDERSYNC_HUB_CMD", "-m ordersync").split()),
-            "serve",
+            self.command,
             "--config",
             str(self.config),
         ]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
+        if self.command == "serve":
+            cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
+        else:
+            cmd += ["--metrics-port", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)  # noqa: S603 - our own CLI
         log.close()
 
@@ -54,9 +66,10 @@ class HubProcess:
                     raise RuntimeError(
                         f"hub exited with {self.proc.returncode}; see {self.log_path}"
                     )
+                path = "/readyz" if self.command == "serve" else "/metrics"
                 try:
                     async with session.get(
-                        f"{self.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
+                        f"{self.url}{path}", timeout=aiohttp.ClientTimeout(total=2)
                     ) as r:
                         if r.status == 200:
                             return

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -30,7 +29,9 @@ class RelayStore(Protocol):
     async def mark_published(
         self, seqs: list[int], owner: str, epoch: int, now_us: int
     ) -> bool: ...
-    async def listen(self, wake: Callable[[], None]) -> Callable[[], Any]: ...
+    async def listen(
+        self, wake: Callable[[], None], lost: Callable[[], None]
+    ) -> Callable[[], Any]: ...
 
 
 class RelayObserver:
@@ -67,10 +68,11 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._close_listener: Callable[[], Any] | None = None
-        self._lease_checked = 0.0
+        self._heartbeat: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._heartbeat = asyncio.create_task(self._keep_lease(), name="relay-lease")
 
     def wake(self) -> None:
         self._wake.set()
@@ -80,6 +82,9 @@ class OutboxRelay:
         self._wake.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
         if self._close_listener is not None:
             with contextlib.suppress(Exception):
                 await self._close_listener()
@@ -97,34 +102,42 @@ class OutboxRelay:
             except Exception:
                 # Broker or database away: keep trying; nothing is marked that was not confirmed.
                 log.warning("outbox relay step failed; retrying in %.2fs", delay, exc_info=True)
-                self.epoch = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             if more:
                 continue
-            timeout = self.poll if self.epoch is not None else self.renew_every
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._wake.wait(), self.poll)
 
-    async def _ensure_lease(self) -> int | None:
-        now = time.monotonic()
-        if self.epoch is not None and now - self._lease_checked < self.renew_every:
-            return self.epoch
-        epoch = await self.store.acquire(self.owner, to_us(utcnow()), self.ttl_us)
-        self._lease_checked = now
-        if epoch != self.epoch:
-            log.info("outbox relay %s %s", self.owner, "leads" if epoch else "stands by")
-            self.observer.leader(epoch is not None)
-        self.epoch = epoch
-        if epoch is not None and self._close_listener is None:
-            with contextlib.suppress(Exception):  # polling still works without LISTEN
-                self._close_listener = await self.store.listen(self._wake.set)
-        return epoch
+    async def _keep_lease(self) -> None:
+        # Its own task, so a slow publish under load never lets the lease lapse.
+        while True:
+            try:
+                epoch = await self.store.acquire(self.owner, to_us(utcnow()), self.ttl_us)
+            except Exception:
+                log.warning("outbox relay lease renewal failed", exc_info=True)
+                epoch = None
+            if epoch != self.epoch:
+                log.info("outbox relay %s %s", self.owner, "leads" if epoch else "stands by")
+                self.observer.leader(epoch is not None)
+                self.epoch = epoch
+                if epoch is not None:
+                    self._wake.set()
+            if epoch is not None and self._close_listener is None:
+                with contextlib.suppress(Exception):  # polling still works without LISTEN
+                    self._close_listener = await self.store.listen(
+                        self._wake.set, self._listener_lost
+                    )
+            await asyncio.sleep(self.renew_every)
+
+    def _listener_lost(self) -> None:
+        self._close_listener = None  # the heartbeat listens again
+        self._wake.set()
 
     async def _step(self) -> bool:
         """Publish one batch; True if there may be more right away."""
-        epoch = await self._ensure_lease()
+        epoch = self.epoch
         if epoch is None:
             return False
         messages = await self.store.unpublished(self.batch)
@@ -135,7 +148,12 @@ class OutboxRelay:
         if not await self.store.mark_published(
             [m.event_seq for m in messages], self.owner, epoch, now_us
         ):
-            log.warning("outbox relay %s lost its lease mid-batch; standing by", self.owner)
+            log.warning(
+                "outbox relay %s (epoch %s) could not mark %d events; standing by",
+                self.owner,
+                epoch,
+                len(messages),
+            )
             self.epoch = None
             return False
         self.published_total += len(messages)

@@ -2,10 +2,10 @@
 
 Topology (declared idempotently by every process at start):
 
-- exchange `ordersync.events` (direct, durable); one quorum queue per lane,
-  `ordersync.lane.<n>`, bound with routing key `<n>`; an order's events all use the lane
+- exchange `<namespace>.events` (direct, durable); one quorum queue per lane,
+  `<namespace>.lane.<n>`, bound with routing key `<n>`; an order's events all use the lane
   `crc32(order_id) % lanes`, so they queue in commit order;
-- lane queues dead-letter to `ordersync.dead` (fanout) -> `ordersync.dead-letters` once a
+- lane queues dead-letter to `<namespace>.dead` (fanout) -> `<namespace>.dead-letters` once a
   message has been redelivered `delivery_limit` times (a poison message that crashes its
   consumer); its deliveries are still pending in the database and the sweeper retries them
   under the normal retry policy, so dead-lettering a message never loses an event;
@@ -23,17 +23,9 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from ordersync.service.bus import EventMessage, Handler, lane_of
+from ordersync.service.bus import EventMessage, Handler, decode_batch, encode_batch, lane_of
 
 log = logging.getLogger(__name__)
-
-EXCHANGE = "ordersync.events"
-DEAD_EXCHANGE = "ordersync.dead"
-DEAD_QUEUE = "ordersync.dead-letters"
-
-
-def lane_queue(n: int) -> str:
-    return f"ordersync.lane.{n}"
 
 
 class RabbitBus:
@@ -42,13 +34,20 @@ class RabbitBus:
         url: str,
         *,
         lanes: int = 8,
-        prefetch: int = 256,
+        prefetch: int = 32,
+        events_per_message: int = 100,
         delivery_limit: int = 20,
+        namespace: str = "ordersync",
         name: str = "ordersync",
     ) -> None:
         self.url = url
+        self.exchange_name = f"{namespace}.events"
+        self.dead_exchange = f"{namespace}.dead"
+        self.dead_queue = f"{namespace}.dead-letters"
+        self.namespace = namespace
         self.lanes = lanes
         self.prefetch = prefetch
+        self.events_per_message = events_per_message
         self.delivery_limit = delivery_limit
         self.name = name
         self._conn: AbstractRobustConnection | None = None
@@ -65,24 +64,43 @@ class RabbitBus:
         ch = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         self._pub_channel = ch
         await self._declare(ch)
-        self._exchange = await ch.get_exchange(EXCHANGE)
+        self._exchange = await ch.get_exchange(self.exchange_name)
 
     async def _declare(self, ch: aio_pika.abc.AbstractChannel) -> None:
-        ex = await ch.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
-        dead = await ch.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-        dq = await ch.declare_queue(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        ex = await ch.declare_exchange(
+            self.exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dead = await ch.declare_exchange(
+            self.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dq = await ch.declare_queue(
+            self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
         await dq.bind(dead)
         for n in range(self.lanes):
             q = await ch.declare_queue(
-                lane_queue(n),
+                self.lane_queue(n),
                 durable=True,
                 arguments={
                     "x-queue-type": "quorum",
                     "x-delivery-limit": self.delivery_limit,
-                    "x-dead-letter-exchange": DEAD_EXCHANGE,
+                    "x-dead-letter-exchange": self.dead_exchange,
                 },
             )
             await q.bind(ex, routing_key=str(n))
+
+    def lane_queue(self, n: int) -> str:
+        return f"{self.namespace}.lane.{n}"
+
+    async def delete_topology(self) -> None:
+        """Remove this namespace's queues and exchanges (tests and benchmarks clean up)."""
+        assert self._conn is not None
+        async with self._conn.channel() as ch:
+            for n in range(self.lanes):
+                await ch.queue_delete(self.lane_queue(n))
+            await ch.queue_delete(self.dead_queue)
+            await ch.exchange_delete(self.exchange_name)
+            await ch.exchange_delete(self.dead_exchange)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -95,27 +113,31 @@ class RabbitBus:
             raise ConnectionError("not connected to RabbitMQ")
         # A passive declare is a real round trip to the broker.
         assert self._pub_channel is not None
-        await asyncio.wait_for(self._pub_channel.get_exchange(EXCHANGE, ensure=True), 2)
+        await asyncio.wait_for(self._pub_channel.get_exchange(self.exchange_name, ensure=True), 2)
 
     # ---- Publisher -------------------------------------------------------------------
     async def publish(self, messages: list[EventMessage]) -> None:
         if self._exchange is None:
             raise ConnectionError("not connected to RabbitMQ")
         ex = self._exchange
+        by_lane: dict[int, list[EventMessage]] = {}
+        for m in messages:
+            by_lane.setdefault(lane_of(m.order_id, self.lanes), []).append(m)
         # All in flight at once, then wait for every confirm: one round trip per batch.
         confirms = [
             ex.publish(
                 aio_pika.Message(
-                    m.encode(),
-                    message_id=m.event_id,
+                    encode_batch(chunk),
+                    message_id=f"{chunk[0].event_id}+{len(chunk)}",
                     content_type="application/json",
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 ),
-                routing_key=str(lane_of(m.order_id, self.lanes)),
+                routing_key=str(lane),
                 mandatory=True,
                 timeout=30,
             )
-            for m in messages
+            for lane, lane_messages in by_lane.items()
+            for chunk in _chunks(lane_messages, self.events_per_message)
         ]
         results = await asyncio.gather(*confirms, return_exceptions=True)
         for r in results:
@@ -136,23 +158,26 @@ class RabbitBus:
             task.add_done_callback(self._handling.discard)
 
         for n in range(self.lanes):
-            q = await ch.get_queue(lane_queue(n))
+            q = await ch.get_queue(self.lane_queue(n))
             tag = await q.consume(on_message, no_ack=False)
             self._consumers.append((q, tag))
 
     async def _handle(self, handler: Handler, message: AbstractIncomingMessage) -> None:
         try:
-            msg = EventMessage.decode(message.body)
+            batch = decode_batch(message.body)
         except Exception:
             log.error("undecodable bus message %s; dead-lettering it", message.message_id)
             with contextlib.suppress(Exception):
                 await message.reject(requeue=False)
             return
-        try:
-            await handler(msg)
-        except Exception:
+        # Started in order, so each order's chain links up in commit order.
+        results = await asyncio.gather(*(handler(m) for m in batch), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
             log.warning(
-                "handling %s failed; the broker will redeliver it", msg.event_id, exc_info=True
+                "handling %s failed (%r); the broker will redeliver it",
+                message.message_id,
+                failed[0],
             )
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
@@ -173,7 +198,11 @@ class RabbitBus:
         assert self._conn is not None
         out: dict[str, int] = {}
         async with self._conn.channel() as ch:
-            for name in [*(lane_queue(n) for n in range(self.lanes)), DEAD_QUEUE]:
+            for name in [*(self.lane_queue(n) for n in range(self.lanes)), self.dead_queue]:
                 q: Any = await ch.declare_queue(name, passive=True)
                 out[name] = int(q.declaration_result.message_count or 0)
         return out
+
+
+def _chunks(items: list[EventMessage], size: int) -> list[list[EventMessage]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

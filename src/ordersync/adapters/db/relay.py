@@ -90,13 +90,15 @@ class SqlRelayStore:
             )
         return int(result.rowcount or 0) == len(seqs)
 
-    async def listen(self, wake: Callable[[], None]) -> Callable[[], Any]:
-        """LISTEN for commits with new outbox rows; returns a coroutine function to stop."""
+    async def listen(self, wake: Callable[[], None], lost: Callable[[], None]) -> Callable[[], Any]:
+        """LISTEN for commits with new outbox rows; `lost` is called if the connection
+        drops (a database restart). Returns a coroutine function to stop listening."""
         raw = await asyncpg_connect(self.db)
 
         def on_notify(*_: Any) -> None:
             wake()
 
+        raw.add_termination_listener(lambda _conn: lost())
         await raw.add_listener(OUTBOX_CHANNEL, on_notify)
 
         async def close() -> None:
