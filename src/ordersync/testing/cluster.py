@@ -78,8 +78,10 @@ class Cluster:
         worker_settings: dict[str, Any] | None = None,
         broker_settings: dict[str, Any] | None = None,
         log_level: str = "WARNING",
+        subscriptions: dict[str, list[str]] | None = None,
     ) -> None:
         self.log_level = log_level
+        self.subscriptions = subscriptions or SUBSCRIPTIONS
         self.backend = backend
         self.workers_wanted = workers if backend != "sqlite" else 0
         self.workdir = Path(tempfile.mkdtemp(prefix=f"ordersync-{backend}-"))
@@ -87,7 +89,7 @@ class Cluster:
         self._db_name = f"ordersync_cl_{uuid.uuid4().hex}"
         self._db_override = database_url
         self._broker_override = broker_url
-        self.sinks = {n: Sink(n, new_secret(), sink_faults) for n in SUBSCRIPTIONS}
+        self.sinks = {n: Sink(n, new_secret(), sink_faults) for n in self.subscriptions}
         self.shop_secret = secrets.token_urlsafe(32)
         self.api_key = secrets.token_urlsafe(24)
         self._destination = destination or {}
@@ -128,7 +130,7 @@ class Cluster:
                 "id": name,
                 "url": sink.events_url,
                 "secret": sink.secret,
-                "events": SUBSCRIPTIONS[name],
+                "events": self.subscriptions[name],
                 "retry_schedule": [0.2, 0.5, 1.0],
                 "retry_backoff": {"base": 1.0, "max_delay": 3.0, "max_age": 3600},
                 "timeout": 2.0,
