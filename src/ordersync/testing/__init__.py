@@ -1,6 +1,11 @@
-"""Fakes and factories for testing ordersync and code built on it (no I/O anywhere)."""
+"""Fakes and factories for testing ordersync and code built on it (no I/O anywhere).
+
+The submodules `cluster` (a whole deployment of real processes) and `faultproxy` (a
+fault-injecting TCP proxy) do real I/O and are imported explicitly by the tests using them.
+"""
 
 from ordersync.testing.factories import make_line, make_order, make_snapshot
+from ordersync.testing.fake_bus import FakeBus, FakeBusError, FakeRelayStore
 from ordersync.testing.fakes import (
     FakeDatabase,
     FakeDelivery,
@@ -19,6 +24,8 @@ from ordersync.testing.fakes import (
 )
 
 __all__ = [
+    "FakeBus",
+    "FakeBusError",
     "FakeDatabase",
     "FakeDelivery",
     "FakeDeliveryStore",
@@ -26,6 +33,7 @@ __all__ = [
     "FakeInbox",
     "FakeIntegrityError",
     "FakeOrderRepository",
+    "FakeRelayStore",
     "FakeSender",
     "FakeStoreError",
     "FakeUnitOfWork",

@@ -244,6 +244,7 @@ class FakeDelivery:
     last_error: str | None = None
     delivered_us: int | None = None
     created_us: int = 0
+    claimed: bool = False  # by a bus consumer's claim, until its outcome is recorded
 
     def due(self) -> DueDelivery:
         return DueDelivery(
@@ -271,6 +272,7 @@ class FakeDeliveryStore:
         self.deliveries: dict[int, FakeDelivery] = {}
         self.attempts: list[AttemptRecord] = []
         self.fetches = 0
+        self.claims = 0
         self.fail_fetches = 0
         self.fail_records = 0
         self.fetch_latency = fetch_latency
@@ -349,12 +351,39 @@ class FakeDeliveryStore:
     async def renew(self, seqs: list[int], now_us: int) -> None:
         """Leases only matter across processes; the fake serves one."""
 
+    async def claim(self, seqs: list[int], now_us: int) -> list[DueDelivery]:
+        """Claim by id, as a bus consumer does: pending, due, not claimed, heading its lane."""
+        self.claims += 1
+        out: list[DueDelivery] = []
+        for seq in sorted(seqs):
+            d = self.deliveries.get(seq)
+            if d is None or d.state is not DeliveryState.PENDING or d.claimed:
+                continue
+            if d.next_attempt_us > now_us or self._behind_pending(d):
+                continue
+            d.claimed = True
+            out.append(d.due())
+        return out
+
+    async def states(self, seqs: list[int]) -> dict[int, str]:
+        return {s: self.deliveries[s].state.value for s in seqs if s in self.deliveries}
+
+    def _behind_pending(self, d: FakeDelivery) -> bool:
+        return any(
+            p.seq < d.seq
+            and p.destination_id == d.destination_id
+            and p.order_id == d.order_id
+            and p.state is DeliveryState.PENDING
+            for p in self.deliveries.values()
+        )
+
     async def record(self, records: list[AttemptRecord]) -> None:
         if self.fail_records > 0:
             self.fail_records -= 1
             raise FakeStoreError("record failed (injected)")
         for r in records:
             d = self.deliveries[r.delivery.seq]
+            d.claimed = False
             d.state = r.state
             d.attempts = r.attempt
             d.next_attempt_us = r.next_attempt_us
