@@ -353,7 +353,7 @@ class ThreadedFaultProxy:
 
 async def _run_forever(host: str, port: int, listen_port: int) -> None:
     async with FaultProxy(host, port, listen_port=listen_port) as proxy:
-        print(f"127.0.0.1:{proxy.port} -> {host}:{port} (Ctrl-C stops)")
+        print(f"127.0.0.1:{proxy.port} -> {host}:{port} (Ctrl-C stops)", flush=True)
         await asyncio.Event().wait()
 
 
