@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -73,7 +74,17 @@ def serve(
     settings = _settings(config)
     _setup_logging(settings.log_level)
     hub = build_hub(settings)
-    uvicorn.run(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # Uvicorn re-raises a captured SIGTERM after its graceful shutdown, so the
+            # process would die "killed by signal" (-15) although it drained cleanly.
+            # A drained SIGTERM is a clean stop: exit 0, as supervisors expect.
+            if sig == signal.SIGTERM and sig in self._captured_signals:
+                self._captured_signals.remove(sig)
+
+    server_config = uvicorn.Config(
         create_app(hub),
         host=host,
         port=port,
@@ -85,6 +96,7 @@ def serve(
         backlog=2048,
         proxy_headers=False,  # no proxy in front by default; saves a middleware per request
     )
+    Server(server_config).run()
 
 
 @app.command()
