@@ -64,16 +64,20 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    api_only: Annotated[
+        bool,
+        typer.Option(help="Leave deliveries to `ordersync worker` (implied with a broker)."),
+    ] = False,
 ) -> None:
     """Run the API; without a broker also the delivery workers (embedded default)."""
     import uvicorn
 
-    from ordersync.bootstrap import build_hub
+    from ordersync.bootstrap import Role, build_hub
     from ordersync.entrypoints.api.app import create_app
 
     settings = _settings(config)
     _setup_logging(settings.log_level)
-    hub = build_hub(settings)
+    hub = build_hub(settings, Role.API if api_only else None)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

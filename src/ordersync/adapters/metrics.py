@@ -60,12 +60,14 @@ class Metrics(DeliveryObserver):
             "Circuit breaker per destination: 0 closed, 1 half-open, 2 open.",
             ["destination"],
             registry=r,
+            multiprocess_mode="max",  # several workers: the worst breaker shows
         )
         self.deliveries = Gauge(
             "ordersync_deliveries",
             "Delivery records by destination and state (pending is the queue depth).",
             ["destination", "state"],
             registry=r,
+            multiprocess_mode="mostrecent",  # every process reads the same table
         )
 
         self.queue_depth = Gauge(
@@ -73,6 +75,7 @@ class Metrics(DeliveryObserver):
             "Messages ready in each broker queue (lanes and dead letters).",
             ["queue"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.relay_lag = Histogram(
             "ordersync_relay_lag_seconds",
@@ -87,8 +90,9 @@ class Metrics(DeliveryObserver):
         )
         self.relay_leader = Gauge(
             "ordersync_relay_leader",
-            "1 while this process holds the outbox relay lease.",
+            "1 while a process holds the outbox relay lease (summed over live processes).",
             registry=r,
+            multiprocess_mode="livesum",
         )
 
     def relay_observer(self) -> RelayObserver:

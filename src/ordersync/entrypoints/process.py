@@ -30,7 +30,9 @@ class HubProcess:
         log_path: Path,
         env: dict[str, str] | None = None,
         command: str = "serve",
+        args: tuple[str, ...] = (),
     ) -> None:
+        self.args = args
         self.config = config
         self.command = command
         self.port = port
@@ -55,6 +57,7 @@ class HubProcess:
             cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
         else:
             cmd += ["--metrics-port", str(self.port)]
+        cmd += self.args
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)  # noqa: S603 - our own CLI
         log.close()
 

@@ -79,7 +79,10 @@ class Cluster:
         broker_settings: dict[str, Any] | None = None,
         log_level: str = "WARNING",
         subscriptions: dict[str, list[str]] | None = None,
+        api_only: bool | None = None,
     ) -> None:
+        # With workers the API leaves deliveries to them (with a broker it always does).
+        self.api_only = (workers > 0 and backend == "postgres") if api_only is None else api_only
         self.log_level = log_level
         self.subscriptions = subscriptions or SUBSCRIPTIONS
         self.backend = backend
@@ -176,7 +179,12 @@ class Cluster:
                 await admin.close()
         path = self.workdir / "ordersync.yaml"
         path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        self.api = HubProcess(path, free_port(), log_path=self.workdir / "api.log")
+        self.api = HubProcess(
+            path,
+            free_port(),
+            log_path=self.workdir / "api.log",
+            args=("--api-only",) if self.api_only else (),
+        )
         self.api.start()
         await self.api.wait_ready()  # migrates before the workers start
         for i in range(self.workers_wanted):
