@@ -14,6 +14,7 @@ from ordersync.adapters.bus.rabbitmq import RabbitBus
 from ordersync.adapters.db import migrate
 from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.deliveries import SqlDeliveryStore
+from ordersync.adapters.db.lanes import SqlLaneStore
 from ordersync.adapters.db.relay import SqlRelayStore
 from ordersync.adapters.db.unit_of_work import SqlUnitOfWork
 from ordersync.adapters.destinations.webhooks import HttpSender
@@ -22,6 +23,7 @@ from ordersync.config import DestinationConfig, Settings
 from ordersync.domain.delivery import Backoff, RetryPolicy
 from ordersync.service.bus_consumer import BusConsumer
 from ordersync.service.dispatcher import Destination, Dispatcher
+from ordersync.service.lanes import LaneAssigner
 from ordersync.service.messagebus import MessageBus
 from ordersync.service.outbox import EventRouter
 from ordersync.service.relay import OutboxRelay
@@ -81,6 +83,7 @@ class Hub:
     broker: RabbitBus | None = None
     relay: OutboxRelay | None = None
     consumer: BusConsumer | None = None
+    lanes: LaneAssigner | None = None
     running: bool = False
     _gauge_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -104,7 +107,9 @@ class Hub:
             if self.relay is not None:
                 self.relay.start()
             if self.broker is not None and self.consumer is not None:
-                await self.broker.subscribe(self.consumer.handle)
+                await self.broker.subscribe(self.consumer.handle, lanes=[])
+                if self.lanes is not None:
+                    await self.lanes.start()
         self._gauge_task = asyncio.create_task(self._refresh_gauges(), name="gauges")
         self.running = True
 
@@ -112,8 +117,10 @@ class Hub:
         """Drain: finish queued commands, let in-flight deliveries complete and be recorded."""
         self.running = False
         await self.bus.stop()
+        if self.lanes is not None:
+            await self.lanes.stop()  # its lanes' handlers finish and ack; leases released
         if self.broker is not None:
-            await self.broker.unsubscribe()  # handlers in flight finish and ack
+            await self.broker.unsubscribe()
         if self.relay is not None:
             await self.relay.stop()
         await self.dispatcher.stop()
@@ -171,7 +178,7 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
     dispatcher = Dispatcher(
         [destination_from_config(d) for d in settings.destinations], store, sender, metrics
     )
-    broker = relay = consumer = None
+    broker = relay = consumer = lanes = None
     if settings.broker_url:
         b = settings.broker
         broker = RabbitBus(
@@ -192,6 +199,13 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
                 observer=metrics.relay_observer(),
             )
             consumer = BusConsumer(dispatcher, store)
+            lanes = LaneAssigner(
+                SqlLaneStore(db, b.namespace, b.lanes),
+                broker,
+                lanes=b.lanes,
+                owner=store.owner,
+                ttl=settings.worker.lease_seconds,
+            )
 
     def wake(destinations: set[str]) -> None:
         # Embedded: new deliveries wake this process's dispatcher. With a broker the relay
@@ -207,4 +221,6 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
         max_batch=settings.ingest.max_batch,
         observer=_BusObserver(metrics, wake),
     )
-    return Hub(settings, db, metrics, bus, store, dispatcher, sender, role, broker, relay, consumer)
+    return Hub(
+        settings, db, metrics, bus, store, dispatcher, sender, role, broker, relay, consumer, lanes
+    )

@@ -9,12 +9,15 @@ from ordersync.domain.delivery import DeliveryState, RetryPolicy
 from ordersync.service.bus import EventMessage, decode_batch, encode_batch, lane_of
 from ordersync.service.bus_consumer import BusConsumer
 from ordersync.service.dispatcher import Destination, Dispatcher
+from ordersync.service.lanes import LaneAssigner
 from ordersync.service.relay import OutboxRelay
 from ordersync.testing import (
     FakeBus,
     FakeDeliveryStore,
+    FakeLaneStore,
     FakeRelayStore,
     FakeSender,
+    RecordingLaneConsumer,
     failed,
     wait_until,
 )
@@ -171,3 +174,27 @@ async def test_an_event_behind_a_retrying_one_is_left_to_the_sweeper() -> None:
 
     assert sender.sent_event_ids() == ["evt_created", "evt_created", "evt_paid"]
     assert store.deliveries[2].state is DeliveryState.SUCCEEDED
+
+
+async def test_live_workers_share_the_lanes_evenly_and_take_over_a_stopped_one_s() -> None:
+    """Two workers split 8 lanes 4/4 with no lane consumed twice; when one stops, the other
+    consumes all 8."""
+    store = FakeLaneStore(8)
+    a_lanes, b_lanes = RecordingLaneConsumer(), RecordingLaneConsumer()
+    a = LaneAssigner(store, a_lanes, lanes=8, owner="wrk_a", every=3600)
+    b = LaneAssigner(store, b_lanes, lanes=8, owner="wrk_b", every=3600)
+
+    await a.start()
+    alone = set(a_lanes.consuming)
+    await b.start()
+    await a.rebalance()  # a sees two live workers and gives half away
+    await b.rebalance()
+    shared = (set(a_lanes.consuming), set(b_lanes.consuming))
+    await a.stop()
+    await b.rebalance()
+
+    assert alone == set(range(8))
+    assert len(shared[0]) == len(shared[1]) == 4
+    assert not shared[0] & shared[1]
+    assert b_lanes.consuming == set(range(8))
+    assert set(store.owners().values()) == {"wrk_b"}

@@ -81,9 +81,16 @@ class Publisher(Protocol):
 
 
 class Subscriber(Protocol):
-    async def subscribe(self, handler: Handler) -> None:
-        """Call `handler` for each message; acknowledge it when the handler returns, and
-        let the broker redeliver it if the handler raises or the process dies."""
+    async def subscribe(self, handler: Handler, lanes: list[int] | None = None) -> None:
+        """Call `handler` for each message of the given lanes (None: all); acknowledge it
+        when the handler returns, and let the broker redeliver it if the handler raises or
+        the process dies."""
+        ...
+
+    async def start_lane(self, lane: int) -> None: ...
+
+    async def stop_lane(self, lane: int, *, drain: bool) -> None:
+        """Stop consuming `lane`; with `drain`, return once its handlers have finished."""
         ...
 
     async def unsubscribe(self) -> None:

@@ -5,7 +5,13 @@ fault-injecting TCP proxy) do real I/O and are imported explicitly by the tests 
 """
 
 from ordersync.testing.factories import make_line, make_order, make_snapshot
-from ordersync.testing.fake_bus import FakeBus, FakeBusError, FakeRelayStore
+from ordersync.testing.fake_bus import (
+    FakeBus,
+    FakeBusError,
+    FakeLaneStore,
+    FakeRelayStore,
+    RecordingLaneConsumer,
+)
 from ordersync.testing.fakes import (
     FakeDatabase,
     FakeDelivery,
@@ -32,11 +38,13 @@ __all__ = [
     "FakeIdempotencyStore",
     "FakeInbox",
     "FakeIntegrityError",
+    "FakeLaneStore",
     "FakeOrderRepository",
     "FakeRelayStore",
     "FakeSender",
     "FakeStoreError",
     "FakeUnitOfWork",
+    "RecordingLaneConsumer",
     "SentRequest",
     "delivered",
     "failed",

@@ -38,7 +38,13 @@ class FakeBus:
             self.published.append(m)
             self._queue.put_nowait(m)
 
-    async def subscribe(self, handler: Handler) -> None:
+    async def start_lane(self, lane: int) -> None:
+        """The fake has one queue for all lanes; lane assignment is not modelled."""
+
+    async def stop_lane(self, lane: int, *, drain: bool) -> None:
+        """See `start_lane`."""
+
+    async def subscribe(self, handler: Handler, lanes: list[int] | None = None) -> None:
         async def consume() -> None:
             while True:
                 m = await self._queue.get()
@@ -120,3 +126,57 @@ class FakeRelayStore:
             pass
 
         return close
+
+
+class FakeLaneStore:
+    """Lane leases and heartbeats in memory, shared by several `LaneAssigner`s."""
+
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+        self.leases: dict[int, tuple[str | None, int]] = {}
+        self.seen: dict[str, int] = {}
+
+    async def ensure(self) -> None:
+        for lane in range(self.lanes):
+            self.leases.setdefault(lane, (None, 0))
+
+    async def heartbeat(self, owner: str, now_us: int, ttl_us: int) -> int:
+        self.seen[owner] = now_us
+        return sum(1 for t in self.seen.values() if t >= now_us - ttl_us)
+
+    async def renew(self, owner: str, now_us: int, ttl_us: int) -> set[int]:
+        mine = {n for n, (o, until) in self.leases.items() if o == owner and until >= now_us}
+        for n in mine:
+            self.leases[n] = (owner, now_us + ttl_us)
+        return mine
+
+    async def claim(self, owner: str, want: int, now_us: int, ttl_us: int) -> set[int]:
+        free = [n for n, (o, until) in sorted(self.leases.items()) if o is None or until < now_us]
+        got = set(free[: max(0, want)])
+        for n in got:
+            self.leases[n] = (owner, now_us + ttl_us)
+        return got
+
+    async def release(self, owner: str, lanes: set[int]) -> None:
+        for n in lanes:
+            if self.leases.get(n, (None, 0))[0] == owner:
+                self.leases[n] = (None, 0)
+
+    async def retire(self, owner: str) -> None:
+        self.seen.pop(owner, None)
+
+    def owners(self) -> dict[int, str | None]:
+        return {n: o for n, (o, _) in sorted(self.leases.items())}
+
+
+class RecordingLaneConsumer:
+    """Remembers which lanes it consumes, for lane-assignment tests."""
+
+    def __init__(self) -> None:
+        self.consuming: set[int] = set()
+
+    async def start_lane(self, lane: int) -> None:
+        self.consuming.add(lane)
+
+    async def stop_lane(self, lane: int, *, drain: bool) -> None:
+        self.consuming.discard(lane)

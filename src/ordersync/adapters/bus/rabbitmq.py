@@ -54,8 +54,9 @@ class RabbitBus:
         self._pub_channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
         self._consume_channel: aio_pika.abc.AbstractRobustChannel | None = None
-        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
-        self._handling: set[asyncio.Task[None]] = set()
+        self._consumers: dict[int, tuple[aio_pika.abc.AbstractQueue, str]] = {}
+        self._handling: dict[int, set[asyncio.Task[None]]] = {}
+        self._handler: Handler | None = None
 
     async def connect(self) -> None:
         self._conn = await aio_pika.connect_robust(
@@ -145,24 +146,45 @@ class RabbitBus:
                 raise r
 
     # ---- Subscriber ------------------------------------------------------------------
-    async def subscribe(self, handler: Handler) -> None:
+    async def subscribe(self, handler: Handler, lanes: list[int] | None = None) -> None:
+        """Prepare to consume with `handler`; start the given lanes (None: all of them).
+        Production workers pass [] and let the lane assigner start their share."""
         assert self._conn is not None, "connect() first"
         ch = await self._conn.channel(publisher_confirms=False)
         await ch.set_qos(prefetch_count=self.prefetch)
         self._consume_channel = ch
+        self._handler = handler
+        for n in range(self.lanes) if lanes is None else lanes:
+            await self.start_lane(n)
+
+    async def start_lane(self, lane: int) -> None:
+        assert self._consume_channel is not None, "subscribe() first"
+        if lane in self._consumers:
+            return
+        handling = self._handling.setdefault(lane, set())
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             # Run handlers concurrently (up to the prefetch); ordering is the consumer's job.
-            task = asyncio.create_task(self._handle(handler, message))
-            self._handling.add(task)
-            task.add_done_callback(self._handling.discard)
+            task = asyncio.create_task(self._handle(message))
+            handling.add(task)
+            task.add_done_callback(handling.discard)
 
-        for n in range(self.lanes):
-            q = await ch.get_queue(self.lane_queue(n))
-            tag = await q.consume(on_message, no_ack=False)
-            self._consumers.append((q, tag))
+        q = await self._consume_channel.get_queue(self.lane_queue(lane))
+        self._consumers[lane] = (q, await q.consume(on_message, no_ack=False))
 
-    async def _handle(self, handler: Handler, message: AbstractIncomingMessage) -> None:
+    async def stop_lane(self, lane: int, *, drain: bool) -> None:
+        """Stop taking messages from `lane`; with `drain`, wait for its handlers (they ack)."""
+        entry = self._consumers.pop(lane, None)
+        if entry is not None:
+            q, tag = entry
+            with contextlib.suppress(Exception):
+                await q.cancel(tag)
+        if drain and (tasks := self._handling.get(lane)):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        assert self._handler is not None
+        handler = self._handler
         try:
             batch = decode_batch(message.body)
         except Exception:
@@ -186,12 +208,11 @@ class RabbitBus:
             await message.ack()
 
     async def unsubscribe(self) -> None:
-        for q, tag in self._consumers:
-            with contextlib.suppress(Exception):
-                await q.cancel(tag)
-        self._consumers.clear()
-        if self._handling:
-            await asyncio.gather(*self._handling, return_exceptions=True)
+        for lane in list(self._consumers):
+            await self.stop_lane(lane, drain=False)
+        pending = [t for tasks in self._handling.values() for t in tasks]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def queue_depths(self) -> dict[str, int]:
         """Messages ready in each lane and in the dead-letter queue (passive declares)."""
