@@ -205,6 +205,7 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
                 lanes=b.lanes,
                 owner=store.owner,
                 ttl=settings.worker.lease_seconds,
+                every=settings.worker.lease_seconds / 4,
             )
 
     def wake(destinations: set[str]) -> None:

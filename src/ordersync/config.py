@@ -119,7 +119,11 @@ class BrokerConfig(_Model):
 
 
 class WorkerConfig(_Model):
-    lease_seconds: float = Field(default=4.0, gt=0.5)  # a killed worker's claims expire after
+    # A killed worker's delivery and lane leases expire after this; live workers renew
+    # theirs every quarter of it. Shorter means faster takeover but more renewals and, on
+    # an overloaded box, more leases lost to a stalled event loop (receivers then dedupe
+    # the second send by webhook-id).
+    lease_seconds: float = Field(default=2.5, gt=0.5)
     relay_lease_seconds: float = Field(default=3.0, gt=0.5)
     relay_batch: int = Field(default=1000, ge=1, le=50_000)
 

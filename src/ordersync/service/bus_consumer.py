@@ -33,17 +33,26 @@ class ClaimStore(Protocol):
     async def states(self, seqs: list[int]) -> dict[int, str]: ...
 
 
-class ClaimBatcher:
-    """Many consumers ask for claims at once: one statement per loop turn, not per delivery."""
+Claim = DueDelivery | str  # claimed, or the delivery's state when it could not be claimed
 
-    def __init__(self, store: ClaimStore, max_batch: int = 500) -> None:
+
+class ClaimBatcher:
+    """Many consumers ask for claims at once: one claim statement (and, for what it could
+    not claim, one state lookup) per loop turn, not one query per delivery. At most
+    `max_concurrent` statements run at once; claims asked for meanwhile wait and go out
+    together as the next batch, so a burst grows batches instead of draining the pool."""
+
+    def __init__(self, store: ClaimStore, max_batch: int = 500, max_concurrent: int = 2) -> None:
         self._store = store
         self._max = max_batch
-        self._waiting: dict[int, list[asyncio.Future[DueDelivery | None]]] = {}
+        self._max_concurrent = max_concurrent
+        self._running = 0
+        self._waiting: dict[int, list[asyncio.Future[Claim]]] = {}
         self._scheduled = False
 
-    def claim(self, seq: int) -> Awaitable[DueDelivery | None]:
-        fut: asyncio.Future[DueDelivery | None] = asyncio.get_running_loop().create_future()
+    def claim(self, seq: int) -> Awaitable[Claim]:
+        """The claimed delivery, or its state ("pending", "succeeded", ..., "missing")."""
+        fut: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(seq, []).append(fut)
         if not self._scheduled:
             self._scheduled = True
@@ -52,15 +61,29 @@ class ClaimBatcher:
 
     def _flush(self) -> None:
         self._scheduled = False
-        batch, self._waiting = self._waiting, {}
-        seqs = list(batch)
-        for i in range(0, len(seqs), self._max):
-            part = {s: batch[s] for s in seqs[i : i + self._max]}
+        while self._waiting and self._running < self._max_concurrent:
+            seqs = list(self._waiting)[: self._max]
+            part = {s: self._waiting.pop(s) for s in seqs}
+            self._running += 1
             asyncio.create_task(self._run(part))  # noqa: RUF006 - futures keep the results
 
-    async def _run(self, part: dict[int, list[asyncio.Future[DueDelivery | None]]]) -> None:
+    async def _run(self, part: dict[int, list[asyncio.Future[Claim]]]) -> None:
         try:
-            claimed = {d.seq: d for d in await self._store.claim(list(part), to_us(utcnow()))}
+            await self._claim(part)
+        finally:
+            self._running -= 1
+            if self._waiting and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _claim(self, part: dict[int, list[asyncio.Future[Claim]]]) -> None:
+        try:
+            claimed: dict[int, Claim] = {
+                d.seq: d for d in await self._store.claim(list(part), to_us(utcnow()))
+            }
+            if missed := [s for s in part if s not in claimed]:
+                states = await self._store.states(missed)
+                claimed |= {s: states.get(s, "missing") for s in missed}
         except Exception as e:
             for futs in part.values():
                 for f in futs:
@@ -70,7 +93,7 @@ class ClaimBatcher:
         for seq, futs in part.items():
             for f in futs:
                 if not f.done():
-                    f.set_result(claimed.get(seq))
+                    f.set_result(claimed[seq])
 
 
 class BusConsumer:
@@ -111,12 +134,11 @@ class BusConsumer:
             self.left_to_sweeper += 1  # unknown here, stopping, or breaker open
             return
         for pause in (*CLAIM_RETRIES, None):
-            d = await self._claims.claim(seq)
-            if d is not None:
-                await worker.deliver(d)
+            got = await self._claims.claim(seq)
+            if isinstance(got, DueDelivery):
+                await worker.deliver(got)
                 return
-            state = (await self._store.states([seq])).get(seq)
-            if state != "pending":
+            if got != "pending":
                 self.duplicates += 1  # already delivered (or dead): a redelivered message
                 return
             if pause is None:

@@ -39,6 +39,10 @@ class AttemptRecord:
 
 
 class DeliveryStore(Protocol):
+    # True when fetch_due leases what it returns (PostgreSQL): rows this process already
+    # holds are then never returned again, so a fetch asks only for the free slots.
+    leased: bool
+
     async def fetch_due(
         self, destination_id: str, now_us: int, limit: int, fresh_before_us: int | None = None
     ) -> list[DueDelivery]:

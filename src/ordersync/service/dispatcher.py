@@ -172,7 +172,9 @@ class DestinationWorker:
             rows = await self._store.fetch_due(
                 self.dest.id,
                 now_us,
-                free + len(self.claimed),
+                # Unleased (SQLite): rows claimed in memory come back and are skipped below.
+                # Leased: each returned row is a claim, so ask for no more than we start.
+                free if self._store.leased else free + len(self.claimed),
                 now_us - self.fresh_grace_us if self.fresh_grace_us else None,
             )
         except BaseException:

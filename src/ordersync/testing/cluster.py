@@ -160,7 +160,7 @@ class Cluster:
                     ],
                 }
             ],
-            "worker": {"lease_seconds": 4.0, "relay_lease_seconds": 3.0, **self._worker_settings},
+            "worker": dict(self._worker_settings),
         }
         if self.broker_url:
             cfg["broker_url"] = self.broker_url

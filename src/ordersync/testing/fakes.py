@@ -323,6 +323,8 @@ class FakeDeliveryStore:
         """True when no delivery is pending any more."""
         return not self.in_state(DeliveryState.PENDING)
 
+    leased = False  # claims live in the dispatcher's memory, as on SQLite
+
     # ---- DeliveryStore ---------------------------------------------------------------------
     async def fetch_due(
         self, destination_id: str, now_us: int, limit: int, fresh_before_us: int | None = None
