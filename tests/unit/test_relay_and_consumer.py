@@ -4,6 +4,7 @@ FakeDeliveryStore, FakeSender): leases, fencing, ordering and dedupe without I/O
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from ordersync.domain.delivery import DeliveryState, RetryPolicy
 from ordersync.service.bus import EventMessage, decode_batch, encode_batch, lane_of
@@ -174,6 +175,30 @@ async def test_an_event_behind_a_retrying_one_is_left_to_the_sweeper() -> None:
 
     assert sender.sent_event_ids() == ["evt_created", "evt_created", "evt_paid"]
     assert store.deliveries[2].state is DeliveryState.SUCCEEDED
+
+
+async def test_a_consumer_never_takes_a_half_open_breaker_s_probe_from_the_sweeper() -> None:
+    """Asking whether to hand over work must not use up the probe: the sweeper sends it."""
+    sender = FakeSender({"evt_created": [failed(500)]})
+    store = FakeDeliveryStore()
+    dest = replace(erp(), breaker_threshold=1, breaker_cooldown=0.05)
+    dispatcher = Dispatcher([dest], store, sender)
+    consumer = BusConsumer(dispatcher, store)
+    store.add(ERP, "ord_GENMAICHA", "evt_created").created_us = FRESH
+    worker = dispatcher.workers[ERP]
+    dispatcher.start(fresh_grace=60)
+    await consumer.handle(message_for(store, 1))  # fails once: the breaker opens
+    await asyncio.sleep(0.06)  # cooldown over: whoever asks next may take the probe
+
+    handed_over = worker.accepts_now()
+    probe_taken = worker.breaker.probe_in_flight
+    await wait_until(store.all_settled, poke=dispatcher.wake)  # the sweeper probes, succeeds
+    closed_again = worker.accepts_now()
+    await dispatcher.stop()
+
+    assert (handed_over, probe_taken) == (False, False)
+    assert sender.sent_event_ids() == ["evt_created", "evt_created"]
+    assert closed_again
 
 
 async def test_live_workers_share_the_lanes_evenly_and_take_over_a_stopped_one_s() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ordersync.clock import to_us, utcnow
-from ordersync.domain.delivery import CircuitBreaker, DeliveryState, RetryPolicy
+from ordersync.domain.delivery import BreakerState, CircuitBreaker, DeliveryState, RetryPolicy
 from ordersync.service.delivery_ports import (
     AttemptOutcome,
     AttemptRecord,
@@ -198,9 +198,11 @@ class DestinationWorker:
             self.breaker.probe_in_flight = False  # nothing to probe with yet
 
     def accepts_now(self) -> bool:
-        """May a bus consumer hand over work now? No while stopping or the breaker is open
-        (the sweeper retries such deliveries when the breaker lets it)."""
-        return not self._stopping and self.breaker.capacity(time.monotonic(), 1) > 0
+        """May a bus consumer hand over work now? Only while the breaker is closed. An open
+        or half-open breaker's probe is the sweeper's to send: asking the breaker for
+        capacity here would take the probe slot, and a consumer that then cannot claim its
+        delivery would hold that slot forever, leaving the destination stalled."""
+        return not self._stopping and self.breaker.state is BreakerState.CLOSED
 
     async def deliver(self, d: DueDelivery) -> None:
         """Send one delivery claimed elsewhere (a bus consumer); return once its outcome is

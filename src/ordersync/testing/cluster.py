@@ -299,8 +299,33 @@ class Cluster:
                 except (aiohttp.ClientError, OSError):
                     pass  # the API may be restarting in a scenario
                 if time.monotonic() - started > timeout:
-                    raise TimeoutError(f"deliveries still pending after {timeout}s\n{self.logs()}")
+                    raise TimeoutError(
+                        f"deliveries still pending after {timeout}s\n"
+                        f"{await self._pending_report()}\n{self.logs()}"
+                    )
                 await asyncio.sleep(0.2)
+
+    async def _pending_report(self, limit: int = 20) -> str:
+        """The oldest pending deliveries with their retry and lease state, for a failure."""
+        if self.backend == "sqlite":
+            return "(pending deliveries: see the SQLite file in the work directory)"
+        dsn = make_url(self.real_database_url).set(drivername="postgresql")
+        try:
+            conn = await asyncpg.connect(dsn.render_as_string(hide_password=False), timeout=5)
+        except (OSError, asyncpg.PostgresError) as e:
+            return f"(pending deliveries unavailable: {e})"
+        try:
+            rows = await conn.fetch(
+                "SELECT seq, destination_id, order_id, attempts, last_status, last_error,"
+                " (next_attempt_us - $1) / 1e6 AS due_in_s, lease_owner,"
+                " (lease_until_us - $1) / 1e6 AS lease_left_s"
+                " FROM deliveries WHERE state = 'pending' ORDER BY seq LIMIT $2",
+                int(time.time() * 1e6),
+                limit,
+            )
+        finally:
+            await conn.close()
+        return "oldest pending deliveries:\n" + "\n".join(str(dict(r)) for r in rows)
 
     def applied(self) -> int:
         return sum(len(s.ledger) for s in self.sinks.values())
