@@ -53,12 +53,15 @@ from bench.common import (
 from bench.ingest import WRK_THREADS, run_wrk
 from bench.pool import order_bodies, shopify_headers
 from bench.relay import measure_idle_lag, measure_throughput, summary_ms
+from ordersync.config import BrokerConfig, WorkerConfig
 from ordersync.simulators.shopify_store import AcceptedOrder, StoreReport
 from ordersync.simulators.sinks import FaultPlan
 from ordersync.simulators.verify import HubClient, verify
 from ordersync.testing.cluster import CHANNEL, Cluster
 
 PARTS = ("ingest", "relay", "e2e", "recovery")
+_LEASE = WorkerConfig().lease_seconds  # the defaults the cluster's workers run with
+_GRACE = BrokerConfig().sweep_grace
 WEBHOOK_PATH = f"/v1/channels/{CHANNEL}/webhooks"
 INGEST_GOAL = (2500.0, 100.0)  # orders/s, p99 ms
 LAG_GOAL_MS = 50.0
@@ -749,8 +752,9 @@ def _conditions(seconds: float, warmup: float, connections: int, orders: int) ->
         ),
         "recovery": (
             f"RabbitMQ, 2 workers, orders/create at {RECOVERY_RATE:g}/s, every sink answers"
-            f" after {RECOVERY_LATENCY:g}s; lease_seconds 4 (renewed every 1 s), sweeper poll"
-            " 0.5 s, sweep_grace 2 s; SIGKILL worker 0, restart it, repeat"
+            f" after {RECOVERY_LATENCY:g}s; lease_seconds {_LEASE:g} (renewed every"
+            f" {_LEASE / 4:g} s), sweeper poll 0.5 s, sweep_grace {_GRACE:g} s; SIGKILL worker 0,"
+            " restart it, repeat"
         ),
     }
 

@@ -133,17 +133,24 @@ class BusConsumer:
         if worker is None or not worker.accepts_now():
             self.left_to_sweeper += 1  # unknown here, stopping, or breaker open
             return
-        for pause in (*CLAIM_RETRIES, None):
-            got = await self._claims.claim(seq)
-            if isinstance(got, DueDelivery):
-                await worker.deliver(got)
-                return
-            if got != "pending":
-                self.duplicates += 1  # already delivered (or dead): a redelivered message
-                return
-            if pause is None:
-                break
-            await asyncio.sleep(pause)
+        await worker.reserve_slot()
+        handed_over = False
+        try:
+            for pause in (*CLAIM_RETRIES, None):
+                got = await self._claims.claim(seq)
+                if isinstance(got, DueDelivery):
+                    handed_over = True  # the slot goes with it
+                    await worker.deliver(got)
+                    return
+                if got != "pending":
+                    self.duplicates += 1  # already delivered (or dead): a redelivered message
+                    return
+                if pause is None:
+                    break
+                await asyncio.sleep(pause)
+        finally:
+            if not handed_over:
+                worker.release_slot()
         # Pending but not claimable: an earlier delivery of its lane waits for a retry, or
         # another worker holds it. The sweeper takes it when it heads its lane.
         self.left_to_sweeper += 1

@@ -132,6 +132,12 @@ class DestinationWorker:
         self._done: dict[int, asyncio.Future[None]] = {}
         # Broker mode: first attempts younger than this belong to the bus consumers.
         self.fresh_grace_us = 0
+        # Bus consumers may fill all but a quarter of max_in_flight: the rest is kept for
+        # the sweeper, which takes retries and a killed worker's expired leases, so a burst
+        # of redelivered messages cannot starve it (that stretched a takeover to ~10 s).
+        reserve = max(1, dest.max_in_flight // 4)
+        self._consumer_slots = asyncio.Semaphore(max(1, dest.max_in_flight - reserve))
+        self._via_consumer: set[int] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -204,12 +210,22 @@ class DestinationWorker:
         delivery would hold that slot forever, leaving the destination stalled."""
         return not self._stopping and self.breaker.state is BreakerState.CLOSED
 
+    async def reserve_slot(self) -> None:
+        """A bus consumer waits for a send slot before it claims (so a claim never waits
+        unrenewed); it hands the slot to `deliver`, or gives it back with `release_slot`."""
+        await self._consumer_slots.acquire()
+
+    def release_slot(self) -> None:
+        self._consumer_slots.release()
+
     async def deliver(self, d: DueDelivery) -> None:
-        """Send one delivery claimed elsewhere (a bus consumer); return once its outcome is
-        recorded, so the consumer can acknowledge the message."""
+        """Send one delivery claimed elsewhere (a bus consumer), in the slot it reserved;
+        return once its outcome is recorded, so the consumer can acknowledge the message."""
         if d.seq in self.claimed:
+            self.release_slot()
             return
         self.claimed.add(d.seq)
+        self._via_consumer.add(d.seq)
         done = asyncio.get_running_loop().create_future()
         self._done[d.seq] = done
         task = asyncio.create_task(self._attempt(d))
@@ -248,6 +264,9 @@ class DestinationWorker:
 
     def _release(self, seq: int) -> None:
         self.claimed.discard(seq)
+        if seq in self._via_consumer:
+            self._via_consumer.discard(seq)
+            self.release_slot()
         if (done := self._done.pop(seq, None)) is not None and not done.done():
             done.set_result(None)
         if self._released_during_fetch is not None:
