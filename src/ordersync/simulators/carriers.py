@@ -1,0 +1,501 @@
+"""One fake server that plays three carrier formats: Kdniao, Kuaidi100 and a generic
+EasyPost-like REST carrier.
+
+It accepts bookings and subscriptions in each format, checking each signature or key the
+way the real service does, hands out tracking numbers, and records every parcel. Tests
+then script a parcel's history (`add_trace`) and `push` signed callbacks in each format to
+a URL: the full snapshot, any subset of traces (a stale snapshot arriving late), or a
+carrier-code correction. Signing and encoding are written here independently of the
+adapters, so the adapters are checked against a second reading of each format.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import unicodedata
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import aiohttp
+from aiohttp import web
+
+CHINA = timezone(timedelta(hours=8))
+KINDS = ("kdniao", "kuaidi100", "generic")
+
+
+@dataclass(frozen=True)
+class KdniaoAccount:
+    ebusiness_id: str = "1690001"
+    app_key: str = "kdn-appkey-3c1d9e"
+
+
+@dataclass(frozen=True)
+class Kuaidi100Account:
+    key: str = "kd100-key-77aa"
+    secret: str = "kd100-secret-19f0"  # noqa: S105 - a simulator's test secret
+    customer: str = "C0FFEE1234"
+
+
+@dataclass(frozen=True)
+class GenericAccount:
+    api_key: str = "EZTK_test_5b0c"
+    webhook_secret: str = "whsec-generic-é-8d2"  # noqa: S105 - test secret
+
+
+@dataclass(frozen=True)
+class SimTrace:
+    at: datetime
+    code: str
+    text: str
+    location: str = ""
+
+
+@dataclass
+class SimParcel:
+    kind: str
+    tracking_number: str
+    carrier_code: str
+    order_id: str = ""
+    callback_url: str = ""  # Kuaidi100: from the subscription
+    salt: str = ""  # Kuaidi100: from the subscription
+    subscribed: bool = False
+    traces: list[SimTrace] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    status: int
+    body: bytes
+    sent: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+# ---- encodings (independent of the adapters) ------------------------------------------
+
+
+def kdniao_sign(data: str, app_key: str) -> str:
+    hexdigest = hashlib.md5((data + app_key).encode(), usedforsecurity=False).hexdigest()
+    return base64.b64encode(hexdigest.encode()).decode()
+
+
+def kuaidi100_md5(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest().upper()
+
+
+def generic_sign(body: bytes, secret: str) -> str:
+    key = unicodedata.normalize("NFKD", secret).encode()
+    return "hmac-sha256-hex=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _cn(t: datetime) -> str:
+    return t.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _kdniao_state(code: str) -> str:
+    """StateEx -> State: the leading digit of a three-digit code."""
+    return code[0] if len(code) == 3 else code
+
+
+def _kuaidi100_state(code: str) -> str:
+    """A sub-state -> its state: 10xx is 0 (在途), three digits take the leading digit."""
+    if len(code) == 4:
+        return "0"
+    return code[0] if len(code) == 3 else code
+
+
+def kdniao_push_body(
+    account: KdniaoAccount, parcel: SimParcel, traces: Sequence[SimTrace], now: datetime
+) -> bytes:
+    ordered = sorted(traces, key=lambda t: t.at)
+    state_ex = ordered[-1].code if ordered else "0"
+    item = {
+        "EBusinessID": account.ebusiness_id,
+        "ShipperCode": parcel.carrier_code,
+        "LogisticCode": parcel.tracking_number,
+        "OrderCode": parcel.order_id,
+        "Success": True,
+        "State": _kdniao_state(state_ex),
+        "StateEx": state_ex,
+        "Location": ordered[-1].location if ordered else "",
+        "Traces": [
+            {
+                "AcceptTime": _cn(t.at),
+                "AcceptStation": t.text,
+                "Action": t.code,
+                "Location": t.location,
+            }
+            for t in ordered
+        ],
+    }
+    data = _json(
+        {"EBusinessID": account.ebusiness_id, "PushTime": _cn(now), "Count": "1", "Data": [item]}
+    )
+    form = {
+        "RequestData": data,
+        "DataSign": kdniao_sign(data, account.app_key),
+        "RequestType": "101",
+    }
+    return urlencode(form).encode()
+
+
+def kuaidi100_push_body(
+    parcel: SimParcel,
+    traces: Sequence[SimTrace],
+    *,
+    correction: tuple[str, str] | None = None,
+) -> bytes:
+    newest_first = sorted(traces, key=lambda t: t.at, reverse=True)
+    sub = newest_first[0].code if newest_first else "1"
+    state = _kuaidi100_state(sub)
+    old, new = correction or ("", "")
+    param = _json(
+        {
+            "status": "shutdown" if state in {"3", "4"} else "polling",
+            "billstatus": "got",
+            "message": "",
+            "autoCheck": "1" if correction else "0",
+            "comOld": old,
+            "comNew": new,
+            "lastResult": {
+                "message": "ok",
+                "nu": parcel.tracking_number,
+                "ischeck": "1" if state == "3" else "0",
+                "condition": "F00",
+                "com": new or parcel.carrier_code,
+                "status": "200",
+                "state": state,
+                "data": [
+                    {
+                        "time": _cn(t.at),
+                        "ftime": _cn(t.at),
+                        "context": t.text,
+                        "status": "",
+                        "statusCode": t.code,
+                        "areaName": t.location,
+                    }
+                    for t in newest_first
+                ],
+            },
+        }
+    )
+    return urlencode({"param": param, "sign": kuaidi100_md5(param + parcel.salt)}).encode()
+
+
+def generic_push_body(parcel: SimParcel, traces: Sequence[SimTrace], now: datetime) -> bytes:
+    ordered = sorted(traces, key=lambda t: t.at)
+    event = {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "Event",
+        "mode": "test",
+        "description": "tracker.updated",
+        "created_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "result": {
+            "id": f"trk_{hashlib.sha1(parcel.tracking_number.encode()).hexdigest()[:16]}",  # noqa: S324
+            "object": "Tracker",
+            "tracking_code": parcel.tracking_number,
+            "carrier": parcel.carrier_code,
+            "status": ordered[-1].code if ordered else "unknown",
+            "tracking_details": [
+                {
+                    "object": "TrackingDetail",
+                    "message": t.text,
+                    "status": t.code,
+                    "datetime": t.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                    "tracking_location": {"city": t.location or None, "country": "US"},
+                }
+                for t in ordered
+            ],
+        },
+    }
+    return json.dumps(event, ensure_ascii=False).encode()
+
+
+class CarrierSimulator:
+    """The three carriers on one aiohttp server; `push` sends signed callbacks out."""
+
+    def __init__(
+        self,
+        *,
+        kdniao: KdniaoAccount | None = None,
+        kuaidi100: Kuaidi100Account | None = None,
+        generic: GenericAccount | None = None,
+        push_url: str | None = None,
+        clock: Any = None,
+    ) -> None:
+        self.kdniao = kdniao or KdniaoAccount()
+        self.kuaidi100 = kuaidi100 or Kuaidi100Account()
+        self.generic = generic or GenericAccount()
+        self.push_url = push_url  # Kdniao and generic: set in the carrier's console
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.parcels: dict[str, SimParcel] = {}
+        self.rejected: list[tuple[str, str]] = []  # (route, reason)
+        self.pushes: list[tuple[str, str, int]] = []  # (kind, tracking number, status)
+        self.base_url: str | None = None
+        self._numbers = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+
+    # ---- server ---------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/kdniao/api/EOrderService", self._kdniao)
+        app.router.add_post("/kdniao/api/dist", self._kdniao)
+        app.router.add_post("/kuaidi100/label/order", self._kuaidi100_order)
+        app.router.add_post("/kuaidi100/poll", self._kuaidi100_poll)
+        app.router.add_post("/generic/v2/shipments", self._generic_shipment)
+        app.router.add_post("/generic/v2/trackers", self._generic_tracker)
+        return app
+
+    def endpoint(self, kind: str) -> str:
+        if self.base_url is None:
+            raise RuntimeError("carrier simulator is not started")
+        return f"{self.base_url}/{kind}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{bound_host}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _new_number(self, prefix: str) -> str:
+        return f"{prefix}{7_700_000_000_000 + next(self._numbers)}"
+
+    def _reject(self, route: str, reason: str) -> None:
+        self.rejected.append((route, reason))
+
+    @staticmethod
+    async def _form(request: web.Request) -> dict[str, str]:
+        raw = (await request.read()).decode("utf-8")
+        return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+    # ---- Kdniao -----------------------------------------------------------------------
+
+    async def _kdniao(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        ebid = self.kdniao.ebusiness_id
+        data = form.get("RequestData", "")
+        answer: dict[str, Any] = {"EBusinessID": ebid, "Success": False}
+        if form.get("EBusinessID") != ebid:
+            self._reject("kdniao", "unknown EBusinessID")
+            return web.json_response({**answer, "ResultCode": "101", "Reason": "用户不存在"})
+        if form.get("DataType") != "2":
+            self._reject("kdniao", "DataType is not 2")
+            return web.json_response({**answer, "ResultCode": "102", "Reason": "DataType错误"})
+        if not hmac.compare_digest(
+            form.get("DataSign", "").encode(), kdniao_sign(data, self.kdniao.app_key).encode()
+        ):
+            self._reject("kdniao", "bad DataSign")
+            return web.json_response({**answer, "ResultCode": "103", "Reason": "签名错误"})
+        payload = json.loads(data)
+        request_type = form.get("RequestType")
+        if request_type == "1007":
+            number = self._new_number("SF")
+            self.parcels[number] = SimParcel(
+                "kdniao", number, payload["ShipperCode"], order_id=payload["OrderCode"]
+            )
+            order = {
+                "OrderCode": payload["OrderCode"],
+                "ShipperCode": payload["ShipperCode"],
+                "LogisticCode": number,
+                "KDNOrderCode": f"KDN{number}",
+            }
+            return web.json_response(
+                {
+                    **answer,
+                    "Success": True,
+                    "ResultCode": "100",
+                    "Reason": "成功",
+                    "Order": order,
+                    "UniquerRequestNumber": str(uuid.uuid4()),
+                }
+            )
+        if request_type == "1008":
+            parcel = self.parcels.setdefault(
+                payload["LogisticCode"],
+                SimParcel("kdniao", payload["LogisticCode"], payload["ShipperCode"]),
+            )
+            parcel.subscribed = True
+            return web.json_response(
+                {**answer, "Success": True, "UpdateTime": _cn(self.clock()), "Reason": ""}
+            )
+        self._reject("kdniao", f"unknown RequestType {request_type}")
+        return web.json_response({**answer, "ResultCode": "104", "Reason": "RequestType错误"})
+
+    # ---- Kuaidi100 --------------------------------------------------------------------
+
+    async def _kuaidi100_order(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        acct = self.kuaidi100
+        param, t = form.get("param", ""), form.get("t", "")
+        expected = kuaidi100_md5(param + t + acct.key + acct.secret)
+        if form.get("key") != acct.key or not hmac.compare_digest(
+            form.get("sign", "").encode(), expected.encode()
+        ):
+            self._reject("kuaidi100/order", "bad key or sign")
+            return web.json_response({"success": False, "code": 30002, "message": "验证签名失败"})
+        payload = json.loads(param)
+        number = self._new_number("YT")
+        self.parcels[number] = SimParcel(
+            "kuaidi100", number, payload["kuaidicom"], order_id=payload.get("orderId", "")
+        )
+        return web.json_response(
+            {
+                "success": True,
+                "code": 200,
+                "message": "success",
+                "data": {
+                    "taskId": uuid.uuid4().hex,
+                    "kuaidinum": number,
+                    "kuaidicom": payload["kuaidicom"],
+                },
+            }
+        )
+
+    async def _kuaidi100_poll(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        payload = json.loads(form.get("param", "{}"))
+        if payload.get("key") != self.kuaidi100.key:
+            self._reject("kuaidi100/poll", "bad key")
+            return web.json_response(
+                {"result": False, "returnCode": "600", "message": "您不是合法的订阅者"}
+            )
+        params = payload.get("parameters") or {}
+        number = payload["number"]
+        parcel = self.parcels.setdefault(
+            number, SimParcel("kuaidi100", number, payload.get("company", ""))
+        )
+        if parcel.subscribed:
+            return web.json_response({"result": False, "returnCode": "501", "message": "重复订阅"})
+        parcel.subscribed = True
+        parcel.callback_url = params.get("callbackurl", "")
+        parcel.salt = params.get("salt", "")
+        return web.json_response({"result": True, "returnCode": "200", "message": "提交成功"})
+
+    # ---- generic ----------------------------------------------------------------------
+
+    def _authorised(self, request: web.Request) -> bool:
+        token = base64.b64encode(f"{self.generic.api_key}:".encode()).decode()
+        return hmac.compare_digest(
+            request.headers.get("Authorization", "").encode(), f"Basic {token}".encode()
+        )
+
+    async def _generic_shipment(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            self._reject("generic/shipments", "bad api key")
+            return web.json_response(
+                {"error": {"code": "APIKEY.INVALID", "message": "invalid api key"}}, status=401
+            )
+        shipment = (await request.json())["shipment"]
+        number = self._new_number("9400")
+        self.parcels[number] = SimParcel(
+            "generic", number, shipment.get("carrier", ""), order_id=shipment.get("reference", "")
+        )
+        return web.json_response(
+            {
+                "id": f"shp_{uuid.uuid4().hex[:16]}",
+                "object": "Shipment",
+                "reference": shipment.get("reference"),
+                "carrier": shipment.get("carrier"),
+                "tracking_code": number,
+                "postage_label": {"label_url": f"{self.endpoint('generic')}/labels/{number}.png"},
+            },
+            status=201,
+        )
+
+    async def _generic_tracker(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            self._reject("generic/trackers", "bad api key")
+            return web.json_response(
+                {"error": {"code": "APIKEY.INVALID", "message": "invalid api key"}}, status=401
+            )
+        tracker = (await request.json())["tracker"]
+        number = tracker["tracking_code"]
+        parcel = self.parcels.setdefault(
+            number, SimParcel("generic", number, tracker.get("carrier", ""))
+        )
+        parcel.subscribed = True
+        return web.json_response(
+            {
+                "id": f"trk_{number}",
+                "object": "Tracker",
+                "tracking_code": number,
+                "status": "unknown",
+            },
+            status=201,
+        )
+
+    # ---- scripting and pushing ---------------------------------------------------------
+
+    def add_trace(
+        self, tracking_number: str, code: str, text: str, at: datetime, location: str = ""
+    ) -> SimTrace:
+        trace = SimTrace(at, code, text, location)
+        self.parcels[tracking_number].traces.append(trace)
+        return trace
+
+    def push_body(
+        self,
+        tracking_number: str,
+        traces: Sequence[SimTrace] | None = None,
+        *,
+        correction: tuple[str, str] | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """The signed body and headers of a push: all traces (a full snapshot) or a subset."""
+        parcel = self.parcels[tracking_number]
+        chosen = parcel.traces if traces is None else list(traces)
+        if parcel.kind == "kdniao":
+            body = kdniao_push_body(self.kdniao, parcel, chosen, self.clock())
+            return body, {"Content-Type": "application/x-www-form-urlencoded"}
+        if parcel.kind == "kuaidi100":
+            body = kuaidi100_push_body(parcel, chosen, correction=correction)
+            if correction:
+                parcel.carrier_code = correction[1]
+            return body, {"Content-Type": "application/x-www-form-urlencoded"}
+        body = generic_push_body(parcel, chosen, self.clock())
+        return body, {
+            "Content-Type": "application/json",
+            "X-Hmac-Signature": generic_sign(body, self.generic.webhook_secret),
+        }
+
+    async def push(
+        self,
+        tracking_number: str,
+        traces: Sequence[SimTrace] | None = None,
+        *,
+        url: str | None = None,
+        correction: tuple[str, str] | None = None,
+    ) -> PushResult:
+        """POST a signed callback for this parcel and return the hub's answer."""
+        parcel = self.parcels[tracking_number]
+        target = url or parcel.callback_url or self.push_url
+        if not target:
+            raise RuntimeError(f"no callback URL for {parcel.kind} parcel {tracking_number}")
+        body, headers = self.push_body(tracking_number, traces, correction=correction)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(target, data=body, headers=headers) as response,
+        ):
+            answer = await response.read()
+            self.pushes.append((parcel.kind, tracking_number, response.status))
+            return PushResult(response.status, answer, body)
