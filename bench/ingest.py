@@ -73,6 +73,11 @@ class WrkRun:
 
 
 def run_wrk(url: str, prefix: Path, seconds: float, connections: int, out: Path) -> WrkRun:
+    if shutil.which("wrk") is None:
+        raise SystemExit(
+            "the ingest benchmarks drive load with wrk, which is not installed:"
+            " `apt-get install wrk` (Debian) or `brew install wrk`"
+        )
     cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s"]
     cmd += ["-s", str(LUA), url, "--", str(prefix)]
     proc = subprocess.run(
