@@ -7,25 +7,32 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
 from ordersync.adapters.bus.rabbitmq import RabbitBus
+from ordersync.adapters.channels.pulling import HttpFetch, puller_for
 from ordersync.adapters.db import migrate
 from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.deliveries import SqlDeliveryStore
+from ordersync.adapters.db.inventory import SqlInventoryStore
 from ordersync.adapters.db.lanes import SqlLaneStore
+from ordersync.adapters.db.pull_cursors import SqlCursorStore
 from ordersync.adapters.db.relay import SqlRelayStore
 from ordersync.adapters.db.unit_of_work import SqlUnitOfWork
 from ordersync.adapters.destinations.webhooks import HttpSender
 from ordersync.adapters.metrics import Metrics
 from ordersync.config import DestinationConfig, Settings
 from ordersync.domain.delivery import Backoff, RetryPolicy
+from ordersync.domain.inventory import InventoryPolicy, Location, LocationKind, ReserveOn
 from ordersync.service.bus_consumer import BusConsumer
 from ordersync.service.dispatcher import Destination, Dispatcher
+from ordersync.service.inventory import InventoryService
 from ordersync.service.lanes import LaneAssigner
 from ordersync.service.messagebus import MessageBus
 from ordersync.service.outbox import EventRouter
+from ordersync.service.pull import ChannelPuller
 from ordersync.service.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
@@ -84,17 +91,26 @@ class Hub:
     relay: OutboxRelay | None = None
     consumer: BusConsumer | None = None
     lanes: LaneAssigner | None = None
+    inventory: InventoryService | None = None  # None: no locations configured
     running: bool = False
     _gauge_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Pull loops of the channels with a `pull` block (embedded role only; ADR 5).
+    pullers: list[ChannelPuller] = field(default_factory=list)
+    _pull_fetch: HttpFetch | None = field(default=None, repr=False)
+    _pull_tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
     @property
     def dispatches(self) -> bool:
         return self.role is not Role.API
 
-    async def start(self, *, run_migrations: bool = True, dispatch: bool = True) -> None:
+    async def start(
+        self, *, run_migrations: bool = True, dispatch: bool = True, pull: bool = True
+    ) -> None:
         if run_migrations:
             await migrate.upgrade(self.db)
         self.bus.start()
+        if self.inventory is not None:
+            await self.inventory.start()
         if self.broker is not None:
             await self.broker.connect()
         if dispatch and self.dispatches:
@@ -111,12 +127,36 @@ class Hub:
                 if self.lanes is not None:
                     await self.lanes.start()
         self._gauge_task = asyncio.create_task(self._refresh_gauges(), name="gauges")
+        if pull:
+            self._start_pulls()
         self.running = True
+
+    def _start_pulls(self) -> None:
+        channels = [c for c in self.settings.channels if c.pull is not None]
+        if self.role is not Role.ALL or not channels:
+            return
+        self._pull_fetch = HttpFetch()
+        cursors = SqlCursorStore(self.db)
+        self.pullers = [puller_for(c, self._pull_fetch, cursors, self.bus.handle) for c in channels]
+        self._pull_tasks = [
+            asyncio.create_task(p.run(), name=f"pull-{p.source.channel_id}") for p in self.pullers
+        ]
+
+    async def _stop_pulls(self) -> None:
+        for task in self._pull_tasks:
+            task.cancel()
+        await asyncio.gather(*self._pull_tasks, return_exceptions=True)
+        self._pull_tasks = []
+        if self._pull_fetch is not None:
+            await self._pull_fetch.close()
 
     async def stop(self) -> None:
         """Drain: finish queued commands, let in-flight deliveries complete and be recorded."""
         self.running = False
+        await self._stop_pulls()  # a page half-ingested is read again after a restart
         await self.bus.stop()
+        if self.inventory is not None:
+            await self.inventory.stop()
         if self.lanes is not None:
             await self.lanes.stop()  # its lanes' handlers finish and ack; leases released
         if self.broker is not None:
@@ -216,12 +256,56 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
 
     writers = settings.ingest.writers or (1 if db.is_sqlite else 4)
     relayed = broker is not None
+    policy = inventory_policy(settings)
+
+    def uow() -> SqlUnitOfWork:
+        return SqlUnitOfWork(db, router, relay=relayed, inventory=policy)
+
     bus = MessageBus(
-        lambda: SqlUnitOfWork(db, router, relay=relayed),
+        uow,
         writers=writers,
         max_batch=settings.ingest.max_batch,
         observer=_BusObserver(metrics, wake),
     )
+    inventory = None
+    if policy is not None:
+        inv = settings.inventory
+        inventory = InventoryService(
+            policy,
+            uow,
+            SqlInventoryStore(db),
+            writers=inv.writers or (1 if db.is_sqlite else 8),
+            max_batch=inv.max_batch,
+            expiry_interval=inv.expiry_interval,
+        )
     return Hub(
-        settings, db, metrics, bus, store, dispatcher, sender, role, broker, relay, consumer, lanes
+        settings,
+        db,
+        metrics,
+        bus,
+        store,
+        dispatcher,
+        sender,
+        role,
+        broker,
+        relay,
+        consumer,
+        lanes,
+        inventory,
+    )
+
+
+def inventory_policy(settings: Settings) -> InventoryPolicy | None:
+    """None without locations: the hub then tracks no stock and reserves nothing."""
+    if not settings.locations:
+        return None
+    inv = settings.inventory
+    return InventoryPolicy(
+        locations={
+            c.id: Location(c.id, LocationKind(c.kind), c.region, c.priority, c.capacity)
+            for c in settings.locations
+        },
+        reserve_on={ch: ReserveOn(v) for ch, v in inv.reserve_on.items()},
+        default_reserve_on=ReserveOn(inv.default_reserve_on),
+        unpaid_ttl=timedelta(seconds=inv.unpaid_ttl) if inv.unpaid_ttl is not None else None,
     )

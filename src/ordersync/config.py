@@ -11,19 +11,24 @@ import os
 import re
 from collections.abc import Mapping
 from enum import StrEnum
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from ordersync.domain.order_status import OrderStatus, PaymentStatus
 
 ENV_PREFIX = "ORDERSYNC_"
 # Top-level keys that an environment variable may override, e.g. ORDERSYNC_DATABASE_URL.
@@ -39,17 +44,122 @@ class Scope(StrEnum):
     ORDERS_WRITE = "orders:write"
     DELIVERIES_READ = "deliveries:read"
     DELIVERIES_WRITE = "deliveries:write"
+    INVENTORY_READ = "inventory:read"
+    INVENTORY_WRITE = "inventory:write"
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChannelConfig(_Model):
+class PullConfig(_Model):
+    """Incremental pull by modified-time window (see service/pull.py and ADR 5)."""
+
+    interval: float = Field(default=60.0, gt=0)  # seconds between rounds once caught up
+    overlap: float = Field(default=300.0, ge=0)  # seconds each window re-reads (late writes)
+    page_size: int = Field(default=50, ge=1, le=1000)
+    max_window: float = Field(default=3600.0, gt=0)  # longest window one request covers
+    settle: float = Field(default=5.0, ge=0)  # a window ends this long before now
+    rate: float = Field(default=2.0, gt=0)  # requests per second (token bucket)
+    burst: int = Field(default=4, ge=1)
+    lookback: float = Field(default=86400.0, ge=0)  # first run: start this long ago
+
+    @model_validator(mode="after")
+    def _window_outruns_overlap(self) -> PullConfig:
+        if self.max_window <= self.overlap:
+            raise ValueError("max_window must be longer than overlap, or the pull never advances")
+        return self
+
+
+class StatusRuleConfig(_Model):
+    """One row of a channel's status table: platform status -> canonical statuses."""
+
+    status: OrderStatus
+    payment: PaymentStatus | None = None  # None: derived from the order (paid date, refunds)
+    ignore: bool = False  # not an order yet (e.g. a checkout draft)
+
+
+class _ChannelBase(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    pull: PullConfig | None = None
+    # Overrides of the connector's default status table, keyed by platform status.
+    statuses: dict[str, StatusRuleConfig] = Field(default_factory=dict)
+
+
+class ShopifyChannel(_ChannelBase):
     kind: Literal["shopify"]
     secret: SecretStr
     shop_domain: str | None = None  # when set, X-Shopify-Shop-Domain must match
+
+
+class WooCommerceChannel(_ChannelBase):
+    kind: Literal["woocommerce"]
+    secret: SecretStr  # the webhook secret (X-WC-Webhook-Signature)
+    store_url: str = Field(pattern=r"^https?://")  # also X-WC-Webhook-Source, when it is sent
+    consumer_key: SecretStr | None = None  # REST API keys, needed for pull
+    consumer_secret: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _keys_for_pull(self) -> WooCommerceChannel:
+        if self.pull is not None and (self.consumer_key is None or self.consumer_secret is None):
+            raise ValueError("pull needs consumer_key and consumer_secret")
+        return self
+
+
+class TaobaoChannel(_ChannelBase):
+    kind: Literal["taobao"]
+    app_key: str = Field(min_length=1)
+    app_secret: SecretStr
+    session: SecretStr | None = None  # the seller's authorization, needed for trade calls
+    sign_method: Literal["md5", "hmac", "hmac-sha256"] = "md5"
+    format: Literal["json", "xml"] = "json"
+    gateway: str = Field(default="https://eco.taobao.com/router/rest", pattern=r"^https?://")
+
+    @property
+    def secret(self) -> SecretStr:
+        return self.app_secret
+
+
+CHANNEL_KINDS = ("shopify", "woocommerce", "taobao")
+PLUGIN_GROUP = "ordersync.channels"  # entry points of third-party connectors
+
+
+def plugin_kinds() -> list[str]:
+    """Kinds that installed packages offer (names only; nothing is imported)."""
+    return sorted({ep.name for ep in entry_points(group=PLUGIN_GROUP)} - set(CHANNEL_KINDS))
+
+
+class PluginChannel(_ChannelBase):
+    """A channel served by a third-party connector; its settings are the plugin's own."""
+
+    kind: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    secret: SecretStr | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        installed = plugin_kinds()
+        if v not in installed:
+            raise ValueError(
+                f"unknown channel kind {v!r} (built in: {', '.join(CHANNEL_KINDS)};"
+                f" installed plugins: {', '.join(installed) or 'none'})"
+            )
+        return v
+
+
+def _channel_tag(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in CHANNEL_KINDS else "plugin"
+
+
+ChannelConfig = Annotated[
+    Annotated[ShopifyChannel, Tag("shopify")]
+    | Annotated[WooCommerceChannel, Tag("woocommerce")]
+    | Annotated[TaobaoChannel, Tag("taobao")]
+    | Annotated[PluginChannel, Tag("plugin")],
+    Discriminator(_channel_tag),
+]
 
 
 class BackoffConfig(_Model):
@@ -128,6 +238,29 @@ class WorkerConfig(_Model):
     relay_batch: int = Field(default=1000, ge=1, le=50_000)
 
 
+class LocationConfig(_Model):
+    """A place stock is held and orders are fulfilled from."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    kind: Literal["warehouse", "store", "factory"]
+    region: str = Field(min_length=1, max_length=64)
+    priority: int = Field(default=100, ge=0)  # lower is preferred
+    capacity: int | None = Field(default=None, ge=0)  # orders per day; None: unlimited
+
+
+class InventoryConfig(_Model):
+    """Reservations (used when `locations` is not empty)."""
+
+    # When a channel's orders reserve stock: "accepted" (on arrival, expiring if unpaid)
+    # or "paid". Keyed by channel id; channels not listed use `default_reserve_on`.
+    reserve_on: dict[str, Literal["accepted", "paid"]] = Field(default_factory=dict)
+    default_reserve_on: Literal["accepted", "paid"] = "accepted"
+    unpaid_ttl: float | None = Field(default=1800.0, gt=0)  # seconds; None: never lapse
+    expiry_interval: float = Field(default=1.0, gt=0)  # seconds between timer sweeps
+    writers: int | None = Field(default=None, ge=1, le=64)  # None: 1 on SQLite, 8 otherwise
+    max_batch: int = Field(default=512, ge=1, le=10_000)  # reservations per transaction
+
+
 class Settings(_Model):
     # repr=False: URLs may carry passwords, and settings get logged in tracebacks.
     database_url: str = Field(default="sqlite:///var/ordersync.db", repr=False)
@@ -140,6 +273,8 @@ class Settings(_Model):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    locations: list[LocationConfig] = Field(default_factory=list)
+    inventory: InventoryConfig = Field(default_factory=InventoryConfig)
 
     @field_validator("broker_url")
     @classmethod
@@ -148,7 +283,7 @@ class Settings(_Model):
             raise ValueError("must be an amqp:// or amqps:// URL (RabbitMQ)")
         return v or None
 
-    @field_validator("channels", "destinations", "api_keys")
+    @field_validator("channels", "destinations", "api_keys", "locations")
     @classmethod
     def _unique_ids(cls, v: list[Any]) -> list[Any]:
         seen: set[str] = set()

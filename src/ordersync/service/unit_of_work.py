@@ -11,12 +11,14 @@ events. Writes are buffered so that a group commit of many messages costs a hand
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
 from ordersync.domain.codec import order_to_dict
+from ordersync.domain.inventory import Inventory, InventoryPolicy, Reservation
 from ordersync.domain.orders import HistoryEntry, Order
 from ordersync.service.outbox import EventRouter, OutboxEntry, outbox_entries
 
@@ -133,10 +135,41 @@ class IdempotencyStore(abc.ABC):
     def put(self, principal: str, key: str, response: StoredResponse) -> None: ...
 
 
+class StockRepository(abc.ABC):
+    """Stock, reservations and feed dedupe, loaded under lock into one `Inventory` whose
+    changes are written at commit, with their events in the same outbox as the orders'."""
+
+    policy: InventoryPolicy
+    inventory: Inventory
+
+    @abc.abstractmethod
+    async def load(self, skus: Iterable[str]) -> Inventory:
+        """Every location's stock of `skus` (locked until commit where the database can)."""
+
+    @abc.abstractmethod
+    async def held_for_order(self, order_id: str) -> list[Reservation]:
+        """The order's held reservations, with their stock loaded."""
+
+    async def preload_orders(  # noqa: B027 - optional hook, a no-op by default
+        self, order_ids: Iterable[str]
+    ) -> None:
+        """Optional bulk prefetch of held reservations before a batch."""
+
+    @abc.abstractmethod
+    async def get_reservation(self, reservation_id: str) -> Reservation | None: ...
+
+    @abc.abstractmethod
+    async def feed_get(self, source: str, message_id: str) -> StoredResponse | None: ...
+
+    @abc.abstractmethod
+    def feed_put(self, source: str, message_id: str, response: StoredResponse) -> None: ...
+
+
 class UnitOfWork(abc.ABC):
     orders: OrderRepository
     inbox: Inbox
     idempotency: IdempotencyStore
+    stock: StockRepository | None = None  # None: no locations configured, inventory is off
 
     async def __aenter__(self) -> Self:
         return self

@@ -13,8 +13,10 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
 from ordersync.adapters.db.database import Database
+from ordersync.adapters.db.inventory import SqlStockRepository
 from ordersync.clock import to_us, utcnow
 from ordersync.domain.codec import order_from_dict
+from ordersync.domain.inventory import InventoryPolicy
 from ordersync.domain.orders import Order
 from ordersync.service.outbox import EventRouter, OutboxEntry
 from ordersync.service.unit_of_work import (
@@ -157,13 +159,22 @@ class SqlUnitOfWork(UnitOfWork):
     """`relay`: a broker is configured, so routed events wait for the outbox relay (their
     `published_us` stays NULL) and PostgreSQL listeners are notified at commit."""
 
-    def __init__(self, db: Database, router: EventRouter, *, relay: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        router: EventRouter,
+        *,
+        relay: bool = False,
+        inventory: InventoryPolicy | None = None,
+    ) -> None:
         self._c = _Conn(db)
         self._relay = relay
         self._notify = relay and not db.is_sqlite
         self.orders: SqlOrderRepository = SqlOrderRepository(self._c, router)
         self.inbox: SqlInbox = SqlInbox(self._c)
         self.idempotency: SqlIdempotencyStore = SqlIdempotencyStore(self._c)
+        if inventory is not None:
+            self.stock: SqlStockRepository | None = SqlStockRepository(self._c, router, inventory)
         # Deliveries created by the last commit, per destination (wakes the dispatcher).
         self.committed_destinations: set[str] = set()
 
@@ -171,11 +182,18 @@ class SqlUnitOfWork(UnitOfWork):
         conn = await self._c.get()
         now_us = to_us(utcnow())
         await _flush(conn, self, now_us, self._relay)
-        if self._notify and any(e.destinations for e in self.orders.outbox):
+        outbox = self.orders.outbox
+        if self.stock is not None:
+            # Stock changes and their events commit with the orders that caused them.
+            stock_events = await self.stock.flush(conn, now_us)
+            if stock_events:
+                await _flush_outbox(conn, stock_events, now_us, self._relay)
+                outbox = outbox + stock_events
+        if self._notify and any(e.destinations for e in outbox):
             # Delivered at commit, and only if it commits: wakes the relay at once.
             await conn.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
         await self._c.close(commit=True)
-        self.committed_destinations = {d for e in self.orders.outbox for d in e.destinations}
+        self.committed_destinations = {d for e in outbox for d in e.destinations}
 
     async def rollback(self) -> None:
         await self._c.close(commit=False)

@@ -11,7 +11,7 @@ from ordersync import __version__
 from ordersync.bootstrap import Hub
 from ordersync.entrypoints.api import errors
 from ordersync.entrypoints.api.auth import ApiKeys
-from ordersync.entrypoints.api.routes import deliveries, ops, orders, webhooks
+from ordersync.entrypoints.api.routes import deliveries, inventory, ops, orders, webhooks
 from ordersync.entrypoints.api.routes.webhooks import WebhookFastPath
 
 
@@ -39,6 +39,6 @@ def create_app(hub: Hub, *, manage_hub: bool = True) -> FastAPI:
     app.state.api_keys = ApiKeys(hub.settings.api_keys)
     errors.install(app)
     app.add_middleware(WebhookFastPath)
-    for r in (webhooks.router, orders.router, deliveries.router, ops.router):
+    for r in (webhooks.router, orders.router, deliveries.router, inventory.router, ops.router):
         app.include_router(r)
     return app

@@ -17,6 +17,7 @@ from ordersync.domain.errors import (
 )
 from ordersync.domain.orders import Order
 from ordersync.ids import new_id
+from ordersync.service.handlers.inventory import on_order_change
 from ordersync.service.unit_of_work import InboxRecord, StoredResponse, UnitOfWork
 
 
@@ -58,6 +59,7 @@ async def _apply_snapshot(cmd: commands.IngestChannelOrder, uow: UnitOfWork) -> 
         order = Order.create(
             new_id("ord"), snap, cause=cause, message_id=cmd.message_id, at=cmd.received_at
         )
+        await on_order_change(order, None, uow, cause=cause)
         uow.orders.add(order)
         return IngestResult("created", order.id, order.version)
     if order.is_stale(snap.channel_updated_at):
@@ -65,6 +67,7 @@ async def _apply_snapshot(cmd: commands.IngestChannelOrder, uow: UnitOfWork) -> 
             "stale", order.id, order.version, detail="older than the order's channel_updated_at"
         )
     watermark = order.channel_updated_at
+    before = (order.status, order.payment_status)
     try:
         changed = order.sync(snap, cause=cause, message_id=cmd.message_id, at=cmd.received_at)
     except DomainError as e:
@@ -76,6 +79,7 @@ async def _apply_snapshot(cmd: commands.IngestChannelOrder, uow: UnitOfWork) -> 
             # snapshot arriving later is recognised as stale.
             uow.orders.save(order)
         return IngestResult("unchanged", order.id, order.version)
+    await on_order_change(order, before, uow, cause=cause)
     uow.orders.save(order)
     return IngestResult("updated", order.id, order.version)
 
@@ -96,6 +100,7 @@ async def create_order(cmd: commands.CreateOrder, uow: UnitOfWork) -> StoredResp
     order = Order.create(
         new_id("ord"), snap, cause="api:create", message_id=cmd.idempotency_key, at=cmd.received_at
     )
+    await on_order_change(order, None, uow, cause="api:create")
     uow.orders.add(order)
     response = StoredResponse(cmd.fingerprint or "", 201, orjson.dumps(order_to_dict(order)))
     if cmd.idempotency_key is not None:
@@ -108,11 +113,13 @@ async def change_order_status(cmd: commands.ChangeOrderStatus, uow: UnitOfWork) 
     if order is None:
         raise OrderNotFound(cmd.order_id)
     cause = f"api:{cmd.principal}"
+    before = (order.status, order.payment_status)
     if cmd.target is None:
         order.release_hold(cause=cause, at=cmd.received_at)
     else:
         order.transition_to(
             cmd.target, cause=cause, at=cmd.received_at, hold_reasons=cmd.hold_reasons
         )
+    await on_order_change(order, before, uow, cause=cause)
     uow.orders.save(order)
     return order

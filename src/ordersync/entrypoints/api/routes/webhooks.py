@@ -19,6 +19,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ordersync.adapters.channels.base import Capability
 from ordersync.adapters.channels.registry import InboundError, connector_for
 from ordersync.bootstrap import Hub
 from ordersync.clock import utcnow
@@ -42,10 +43,14 @@ async def receive(hub: Hub, channel_id: str, headers: Mapping[str, str], body: b
     if len(body) > MAX_BODY:
         raise ApiProblem(413, "body_too_large", f"webhook bodies are limited to {MAX_BODY} bytes")
     connector = connector_for(channel.kind)
-    if not connector.verify(channel.secret.get_secret_value(), headers, body):
+    if Capability.PUSH not in connector.capabilities:
+        raise ApiProblem(404, "push_not_supported", f"{channel.kind} channels are pulled")
+    if not connector.verify(channel, headers, body):
         hub.metrics.webhooks.labels(channel_id, "forged").inc()
         raise ApiProblem(401, "invalid_signature", "the webhook signature does not verify")
-    msg = connector.parse(channel_id, headers, body, shop_domain=channel.shop_domain)
+    msg = connector.parse(channel, headers, body)
+    if msg.ack_only:  # a platform handshake (WooCommerce's activation ping)
+        return orjson.dumps({"outcome": "ignored", "order_id": None})
     result = await hub.handle(
         IngestChannelOrder(
             channel_id=channel_id,

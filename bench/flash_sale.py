@@ -1,0 +1,249 @@
+"""Flash sale: many buyers reserving one hot SKU, batched writer vs. a naive baseline.
+
+    .venv/bin/python -m bench.flash_sale [--seconds 3] [--buyers 8,64,256] [--db sqlite,postgresql]
+
+For each database and each number of concurrent buyers, two runs on a fresh database:
+
+- `batched`: the hub's `InventoryService` (one writer per SKU, every reservation queued
+  while the previous transaction committed goes into the next one: ADR 6). Each
+  reservation writes its stock change, a `reservations` row, a ledger row and a
+  `stock.reserved` outbox event.
+- `naive`: what most code does: one transaction per reservation with a conditional
+  `UPDATE stock SET reserved = reserved + 1 WHERE ... AND on_hand - reserved >= 1`,
+  plus the same `reservations` and ledger rows (no outbox event: it does less).
+
+Buyers are coroutines in this process, each reserving one unit in a loop for `--seconds`.
+Latency is per reservation, from the call to its commit. Both runs check the result:
+reserved = rows in `reservations` = the ledger's sum. Same run, same machine: compare the
+ratio, the absolute numbers depend on what else the (shared) machine is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.common import (
+    create_pg_database,
+    describe_machine,
+    drop_pg_database,
+    machine_info,
+    percentile,
+    print_table,
+    uptime,
+    write_result,
+)
+from ordersync.adapters.db import migrate
+from ordersync.adapters.db.database import Database
+from ordersync.adapters.db.inventory import SqlInventoryStore
+from ordersync.adapters.db.unit_of_work import SqlUnitOfWork
+from ordersync.clock import to_us, utcnow
+from ordersync.domain.inventory import InventoryPolicy, Location, LocationKind
+from ordersync.domain.stock_commands import ReserveStock
+from ordersync.ids import new_id
+from ordersync.service.inventory import InventoryService
+from ordersync.service.outbox import EventRouter
+
+SKU, LOCATION = "FLASH-TEAPOT", "berlin-dc"
+STOCK = 10**9  # never sold out: we measure the rate, not the end of the sale
+NAIVE_POOL = 16  # connections (x2 with overflow) for the naive run on PostgreSQL
+
+Reserve = Callable[[int, int], Awaitable[bool]]
+
+
+async def _prepare(url: str) -> Database:
+    db = Database(url, pool_size=NAIVE_POOL)
+    await migrate.upgrade(db)
+    async with db.write() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO stock (sku, location_id, on_hand, reserved, safety_stock, version,"
+                " updated_us) VALUES (:sku, :loc, :n, 0, 0, 0, :now)"
+            ),
+            {"sku": SKU, "loc": LOCATION, "n": STOCK, "now": to_us(utcnow())},
+        )
+    return db
+
+
+async def _drive(buyers: int, seconds: float, reserve: Reserve) -> tuple[int, int, list[float]]:
+    """(reserved, refused, latencies in seconds)."""
+    latencies: list[float] = []
+    counts = [0, 0]
+    deadline = time.perf_counter() + seconds
+
+    async def buyer(b: int) -> None:
+        k = 0
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            ok = await reserve(b, k)
+            latencies.append(time.perf_counter() - t0)
+            counts[0 if ok else 1] += 1
+            k += 1
+
+    async with asyncio.TaskGroup() as tg:
+        for b in range(buyers):
+            tg.create_task(buyer(b))
+    return counts[0], counts[1], latencies
+
+
+async def _batched(db: Database, buyers: int, seconds: float) -> tuple[int, int, list[float]]:
+    policy = InventoryPolicy({LOCATION: Location(LOCATION, LocationKind.WAREHOUSE, "eu", 1)})
+    router = EventRouter([])
+    service = InventoryService(
+        policy,
+        lambda: SqlUnitOfWork(db, router, inventory=policy),
+        SqlInventoryStore(db),
+        writers=1 if db.is_sqlite else 8,
+        max_batch=512,
+    )
+    await service.start(sweep=False)
+    try:
+
+        async def reserve(b: int, k: int) -> bool:
+            result = await service.handle(ReserveStock(f"b{b}-{k}", ((SKU, 1),), datetime.now(UTC)))
+            return bool(result.reserved)
+
+        return await _drive(buyers, seconds, reserve)
+    finally:
+        await service.stop()
+
+
+async def _naive(db: Database, buyers: int, seconds: float) -> tuple[int, int, list[float]]:
+    update = text(
+        "UPDATE stock SET reserved = reserved + 1, version = version + 1, updated_us = :now"
+        " WHERE sku = :sku AND location_id = :loc AND on_hand - reserved >= 1"
+    )
+    insert_res = text(
+        "INSERT INTO reservations (id, order_id, sku, location_id, quantity, state,"
+        " expires_us, created_us, updated_us) VALUES (:id, :o, :sku, :loc, 1, 'held', NULL,"
+        " :now, :now)"
+    )
+    insert_ledger = text(
+        "INSERT INTO stock_ledger (sku, location_id, cause, on_hand_delta, reserved_delta,"
+        " reference, reservation_id, at_us) VALUES (:sku, :loc, 'order', 0, 1, :o, :id, :now)"
+    )
+
+    async def reserve(b: int, k: int) -> bool:
+        params: dict[str, Any] = {
+            "sku": SKU,
+            "loc": LOCATION,
+            "now": to_us(utcnow()),
+            "o": f"b{b}-{k}",
+            "id": new_id("res"),
+        }
+        async with db.write() as conn:
+            if (await conn.execute(update, params)).rowcount != 1:
+                return False
+            await conn.execute(insert_res, params)
+            await conn.execute(insert_ledger, params)
+        return True
+
+    return await _drive(buyers, seconds, reserve)
+
+
+async def _check(db: Database) -> dict[str, int]:
+    async with db.read() as conn:
+        reserved = (await conn.execute(text("SELECT reserved FROM stock"))).scalar_one()
+        rows = (await conn.execute(text("SELECT COUNT(*) FROM reservations"))).scalar_one()
+        ledger = (
+            await conn.execute(text("SELECT COALESCE(SUM(reserved_delta), 0) FROM stock_ledger"))
+        ).scalar_one()
+    if not int(reserved) == int(rows) == int(ledger):
+        raise SystemExit(f"inconsistent: reserved {reserved}, rows {rows}, ledger {ledger}")
+    return {"reserved": int(reserved)}
+
+
+async def _one(kind: str, mode: str, buyers: int, seconds: float) -> dict[str, Any]:
+    pg_name = None
+    tmp = tempfile.TemporaryDirectory(prefix="flash-sale-")
+    if kind == "sqlite":
+        url = f"sqlite:///{Path(tmp.name) / 'hub.db'}"
+    else:
+        pg_name, url = create_pg_database(f"flash_{mode}")
+    db = await _prepare(url)
+    try:
+        run = _batched if mode == "batched" else _naive
+        t0 = time.perf_counter()
+        reserved, refused, lat = await run(db, buyers, seconds)
+        elapsed = time.perf_counter() - t0
+        check = await _check(db)
+    finally:
+        await db.dispose()
+        if pg_name:
+            drop_pg_database(pg_name)
+        tmp.cleanup()
+    return {
+        "db": kind,
+        "mode": mode,
+        "buyers": buyers,
+        "seconds": round(elapsed, 2),
+        "reserved": reserved,
+        "refused": refused,
+        "per_second": round(reserved / elapsed),
+        "p50_ms": round(percentile(lat, 50) * 1000, 1),
+        "p99_ms": round(percentile(lat, 99) * 1000, 1),
+        "check": check,
+    }
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--buyers", default="8,64,256")
+    parser.add_argument("--db", default="sqlite,postgresql")
+    args = parser.parse_args(argv)
+    info = machine_info()
+    print(describe_machine(info), flush=True)
+    rows: list[dict[str, Any]] = []
+    for kind in args.db.split(","):
+        for buyers in (int(b) for b in args.buyers.split(",")):
+            for mode in ("naive", "batched"):
+                rows.append(await _one(kind, mode, buyers, args.seconds))
+                r = rows[-1]
+                print(f"  {kind} {mode} {buyers} buyers: {r['per_second']}/s", flush=True)
+    table = []
+    for kind in args.db.split(","):
+        for buyers in (int(b) for b in args.buyers.split(",")):
+            naive, batched = (
+                next(r for r in rows if (r["db"], r["buyers"], r["mode"]) == (kind, buyers, m))
+                for m in ("naive", "batched")
+            )
+            table.append(
+                [
+                    kind,
+                    buyers,
+                    naive["per_second"],
+                    naive["p99_ms"],
+                    batched["per_second"],
+                    batched["p99_ms"],
+                    f"{batched['per_second'] / max(naive['per_second'], 1):.1f}x",
+                ]
+            )
+    text_table = print_table(
+        f"Flash sale: one SKU, reservations/s and p99 ({args.seconds:g} s per cell)",
+        ["db", "buyers", "naive/s", "naive p99 ms", "batched/s", "batched p99 ms", "ratio"],
+        table,
+    )
+    path = write_result(
+        "flash_sale",
+        {
+            "machine": info,
+            "uptime_at_end": uptime(),
+            "seconds_per_cell": args.seconds,
+            "runs": rows,
+            "table": text_table,
+        },
+    )
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

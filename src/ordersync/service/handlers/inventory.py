@@ -1,0 +1,294 @@
+"""Inventory handlers: stock feeds and reservations, and the hook the order handlers call.
+
+Every function here runs inside a unit of work whose `stock` repository is set (the hub
+only wires inventory when locations are configured); the order hook returns at once when
+it is not, so the order pipeline costs nothing extra without inventory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ordersync.domain import stock_commands as sc
+from ordersync.domain.errors import DomainError, IdempotencyKeyReused, InvalidTransition
+from ordersync.domain.inventory import (
+    Inventory,
+    MovementCause,
+    Reservation,
+    ReserveOn,
+    StockLevel,
+)
+from ordersync.domain.order_status import (
+    PAYMENT_SECURED,
+    HoldReason,
+    OrderStatus,
+    PaymentStatus,
+)
+from ordersync.domain.orders import Order
+from ordersync.ids import new_id
+from ordersync.service.unit_of_work import StockRepository, StoredResponse, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+S = OrderStatus
+_OPEN = frozenset({S.PENDING, S.PAID, S.ALLOCATED})  # may hold stock
+_GONE = frozenset({S.SHIPPED, S.DELIVERED, S.COMPLETED})  # the goods left
+_GIVE_BACK = frozenset({PaymentStatus.REFUNDED, PaymentStatus.VOIDED})
+
+
+def _paid(status: OrderStatus, payment: PaymentStatus) -> bool:
+    """Payment secured, whether the channel reports it as a payment or as a status."""
+    return payment in PAYMENT_SECURED or status in (S.PAID, S.ALLOCATED)
+
+
+class InventoryDisabled(DomainError):
+    code = "inventory_disabled"
+
+
+def _stock(uow: UnitOfWork) -> StockRepository:
+    if uow.stock is None:
+        raise InventoryDisabled("no locations are configured: inventory is off")
+    return uow.stock
+
+
+def level_doc(level: StockLevel) -> dict[str, Any]:
+    return {
+        "sku": level.sku,
+        "location_id": level.location_id,
+        "on_hand": level.on_hand,
+        "reserved": level.reserved,
+        "available": level.available,
+        "safety_stock": level.safety_stock,
+    }
+
+
+async def _replayed(
+    stock: StockRepository, cmd: sc.SetStock | sc.AdjustStock
+) -> StoredResponse | None:
+    if cmd.message_id is None:
+        return None
+    stored = await stock.feed_get(cmd.principal, cmd.message_id)
+    if stored is None:
+        return None
+    if stored.fingerprint != (cmd.fingerprint or ""):
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
+    return dataclasses.replace(stored, replayed=True)
+
+
+def _respond(
+    stock: StockRepository, cmd: sc.SetStock | sc.AdjustStock, status: int, body: Any
+) -> StoredResponse:
+    response = StoredResponse(cmd.fingerprint or "", status, orjson.dumps(body))
+    if cmd.message_id is not None:
+        stock.feed_put(cmd.principal, cmd.message_id, response)
+    return response
+
+
+async def set_stock(cmd: sc.SetStock, uow: UnitOfWork) -> StoredResponse:
+    stock = _stock(uow)
+    if (stored := await _replayed(stock, cmd)) is not None:
+        return stored
+    inv = await stock.load([cmd.sku])
+    level = inv.set_on_hand(
+        cmd.sku,
+        cmd.location_id,
+        cmd.on_hand,
+        at=cmd.received_at,
+        reference=cmd.message_id,
+        safety_stock=cmd.safety_stock,
+    )
+    return _respond(stock, cmd, 200, level_doc(level))
+
+
+async def adjust_stock(cmd: sc.AdjustStock, uow: UnitOfWork) -> StoredResponse:
+    stock = _stock(uow)
+    if (stored := await _replayed(stock, cmd)) is not None:
+        return stored
+    inv = await stock.load(d.sku for d in cmd.deltas)
+    # All or none: check every delta on copies before changing the real levels.
+    trial = Inventory(inv.locations, {k: dataclasses.replace(v) for k, v in inv.levels.items()})
+    for d in cmd.deltas:
+        trial.adjust(d.sku, d.location_id, d.delta, at=cmd.received_at, cause=d.cause)
+    levels = [
+        inv.adjust(
+            d.sku,
+            d.location_id,
+            d.delta,
+            at=cmd.received_at,
+            cause=d.cause,
+            reference=cmd.reference or cmd.message_id,
+        )
+        for d in cmd.deltas
+    ]
+    seen = {(lv.sku, lv.location_id): level_doc(lv) for lv in levels}
+    return _respond(stock, cmd, 200, {"data": list(seen.values())})
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationResult:
+    order_id: str
+    reserved: bool
+    reservations: tuple[Reservation, ...] = ()
+
+
+async def reserve_stock(cmd: sc.ReserveStock, uow: UnitOfWork) -> ReservationResult:
+    """Safe to send twice: while `order_id` holds stock, asking again returns that hold."""
+    stock = _stock(uow)
+    held = await stock.held_for_order(cmd.order_id)
+    if held:
+        return ReservationResult(cmd.order_id, True, tuple(held))
+    lines: dict[str, int] = {}
+    for sku, qty in cmd.lines:
+        lines[sku] = lines.get(sku, 0) + qty
+    inv = await stock.load(lines)
+    made = inv.reserve(
+        cmd.order_id, lines, at=cmd.received_at, expires_at=cmd.expires_at, new_id=_res_id
+    )
+    return ReservationResult(cmd.order_id, made is not None, tuple(made or ()))
+
+
+async def release_reservations(cmd: sc.ReleaseReservations, uow: UnitOfWork) -> int:
+    stock = _stock(uow)
+    held = await stock.held_for_order(cmd.order_id)
+    for res in held:
+        stock.inventory.release(res, MovementCause.CANCELLATION, at=cmd.received_at)
+    return len(held)
+
+
+async def expire_reservation(cmd: sc.ExpireReservation, uow: UnitOfWork) -> bool:
+    """The durable timer fired; a no-op if the hold was paid, shipped or released since."""
+    stock = _stock(uow)
+    res = await stock.get_reservation(cmd.reservation_id)
+    if res is None or not res.is_due(cmd.now):
+        return False
+    stock.inventory.release(res, MovementCause.EXPIRY, at=cmd.now)
+    return True
+
+
+INVENTORY_HANDLERS: dict[type, Any] = {
+    sc.SetStock: set_stock,
+    sc.AdjustStock: adjust_stock,
+    sc.ReserveStock: reserve_stock,
+    sc.ReleaseReservations: release_reservations,
+    sc.ExpireReservation: expire_reservation,
+}
+
+
+async def preload_stock(batch: Iterable[Any], uow: UnitOfWork) -> None:
+    """Lock and load every SKU a batch touches in one query (one writer per SKU, ADR 6)."""
+    if uow.stock is None:
+        return
+    skus: set[str] = set()
+    orders: list[str] = []
+    for cmd in batch:
+        if isinstance(cmd, sc.ReserveStock):
+            skus.update(sku for sku, _ in cmd.lines)
+            orders.append(cmd.order_id)
+        elif isinstance(cmd, sc.AdjustStock):
+            skus.update(d.sku for d in cmd.deltas)
+        elif isinstance(cmd, sc.SetStock):
+            skus.add(cmd.sku)
+    await uow.stock.preload_orders(orders)
+    await uow.stock.load(skus)
+
+
+def _res_id() -> str:
+    return new_id("res")
+
+
+# ---- the order hook ----------------------------------------------------------------------
+
+
+async def on_order_change(
+    order: Order,
+    before: tuple[OrderStatus, PaymentStatus] | None,
+    uow: UnitOfWork,
+    *,
+    cause: str,
+) -> None:
+    """Keep the order's reservations in step with it. Call before `uow.orders.add/save`.
+
+    `before`: (status, payment status) before this change; None for a new order.
+    Accepted (or, per channel, paid) orders reserve; paying removes the expiry; cancel,
+    refund or void releases; shipping commits. An order that cannot be served goes on
+    hold with reason `stock_shortage`.
+
+    The order's change stands even if its stock cannot follow (say a location was removed
+    from the config while it held stock): that is logged, and a WMS count repairs it.
+    """
+    stock = uow.stock
+    if stock is None or not order.lines:
+        return
+    try:
+        await _follow(order, before, stock, cause)
+    except DomainError as e:
+        log.warning("order %s: stock could not follow its change: %s", order.id, e)
+
+
+async def _follow(
+    order: Order,
+    before: tuple[OrderStatus, PaymentStatus] | None,
+    stock: StockRepository,
+    cause: str,
+) -> None:
+    status, payment = order.status, order.payment_status
+    at = order.updated_at
+    if before is None:
+        secured = _paid(status, payment)
+        wants = stock.policy.reserves_on(order.channel_id) is ReserveOn.ACCEPTED or secured
+        if status in _OPEN and wants:
+            await _reserve(order, stock, secured=secured, cause=cause)
+        return
+    was_status, was_payment = before
+    cancelled = (status is S.CANCELLED and was_status is not S.CANCELLED) or (
+        payment in _GIVE_BACK and was_payment not in _GIVE_BACK
+    )
+    shipped = status in _GONE and was_status not in _GONE
+    newly_paid = _paid(status, payment) and not _paid(was_status, was_payment)
+    released = was_status is S.ON_HOLD and status in _OPEN
+    if not (cancelled or shipped or newly_paid or released):
+        return  # most updates (notes, addresses, tracking) leave stock alone: no query
+    held = await stock.held_for_order(order.id)
+    inv = stock.inventory
+    if shipped:  # first: goods that left are gone, even if the payment went back
+        for res in held:
+            inv.commit(res, at=at)
+    elif cancelled:
+        for res in held:
+            inv.release(res, MovementCause.CANCELLATION, at=at)
+    elif held:
+        if newly_paid:
+            for res in held:
+                inv.confirm(res)
+    elif status in _OPEN:
+        await _reserve(order, stock, secured=_paid(status, payment), cause=cause)
+
+
+async def _reserve(order: Order, stock: StockRepository, *, secured: bool, cause: str) -> None:
+    wanted: dict[str, int] = {}
+    for line in order.lines:
+        if line.sku and line.quantity > 0:
+            wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+    inv = await stock.load(wanted)
+    # A SKU no location has ever stocked is not tracked by the hub: nothing to reserve.
+    tracked = {sku: q for sku, q in wanted.items() if inv.levels_of(sku)}
+    if not tracked:
+        return
+    ttl = stock.policy.unpaid_ttl
+    expires = order.updated_at + ttl if ttl is not None and not secured else None
+    made = inv.reserve(order.id, tracked, at=order.updated_at, expires_at=expires, new_id=_res_id)
+    if made is None:
+        with contextlib.suppress(InvalidTransition):  # the shortage event tells regardless
+            order.transition_to(
+                S.ON_HOLD,
+                cause=f"inventory:{cause}",
+                at=order.updated_at,
+                hold_reasons=(HoldReason.STOCK_SHORTAGE,),
+            )

@@ -1,0 +1,234 @@
+"""A simulated Taobao Open Platform gateway serving `taobao.trades.sold.increment.get`.
+
+It checks every call's `sign` (md5, hmac or hmac-sha256), the app key and the session,
+serves the trades modified in [start_modified, end_modified] (China time, at most one day)
+page by page in JSON or XML, and can refuse calls with TOP's "App Call Limited" error.
+Trades keep their 64-bit `tid` as an integer, so its JSON shows every digit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+from ordersync.adapters.channels.taobao import CHINA, INCREMENT_METHOD, sign, top_time, verify_sign
+
+__all__ = ["TopGateway", "make_trade", "sign"]
+
+FIRST_TID = 4_611_686_018_427_387_905  # beyond 2^53, as real tids are
+MAX_WINDOW = timedelta(days=1)
+
+
+def make_trade(
+    tid: int,
+    modified: datetime,
+    *,
+    status: str = "WAIT_SELLER_SEND_GOODS",
+    subs: list[dict[str, Any]] | None = None,
+    buyer: str | None = "茶友小王",
+) -> dict[str, Any]:
+    """A trade as TOP writes it (amounts as strings, times in China time)."""
+    subs = subs or [
+        {
+            "oid": tid + 1,
+            "title": "西湖龙井 250g",
+            "num": 2,
+            "price": "88.00",
+            "payment": "170.00",
+            "total_fee": "176.00",
+            "discount_fee": "6.00",
+            "outer_sku_id": "LONGJING-250",
+            "num_iid": 600_000_000_001,
+            "sku_id": 4_000_000_000_001,
+            "refund_status": "NO_REFUND",
+            "status": status,
+        }
+    ]
+    total_fee = sum(int(s["payment"].replace(".", "")) for s in subs)
+    stamp = top_time(modified)
+    paid = status not in ("WAIT_BUYER_PAY", "TRADE_NO_CREATE_PAY", "TRADE_CLOSED_BY_TAOBAO")
+    trade: dict[str, Any] = {
+        "tid": tid,
+        "status": status,
+        "total_fee": f"{total_fee // 100}.{total_fee % 100:02d}",
+        "post_fee": "0.00",
+        "discount_fee": "0.00",
+        "payment": f"{total_fee // 100}.{total_fee % 100:02d}",
+        "created": stamp,
+        "modified": stamp,
+        "receiver_name": "王小明",
+        "receiver_state": "浙江省",
+        "receiver_city": "杭州市",
+        "receiver_district": "西湖区",
+        "receiver_address": "龙井路 1 号",
+        "receiver_zip": "310000",
+        "receiver_mobile": "13800000000",
+        "orders": {"order": subs},
+    }
+    if paid:
+        trade["pay_time"] = stamp
+    if buyer is not None:
+        trade["buyer_nick"] = buyer
+    return trade
+
+
+class TopGateway:
+    """The gateway: `app` serves /router/rest; trades are edited through `put`/`update`."""
+
+    def __init__(
+        self,
+        *,
+        app_key: str,
+        app_secret: str,
+        session: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.app_key = app_key
+        self.app_secret = app_secret
+        self.session = session
+        self.clock = clock
+        self.trades: dict[int, dict[str, Any]] = {}
+        self.calls = 0
+        self.forged = 0
+        self.throttle_next = 0  # refuse this many calls with "App Call Limited"
+        self.base_url: str | None = None
+        self._tids = itertools.count(FIRST_TID, 17)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.base_url is not None
+        return self.base_url + "/router/rest"
+
+    # ---- trades ---------------------------------------------------------------------
+    def put(self, trade: dict[str, Any]) -> dict[str, Any]:
+        self.trades[int(trade["tid"])] = trade
+        return trade
+
+    def create(self, **kw: Any) -> dict[str, Any]:
+        return self.put(make_trade(next(self._tids), self.clock(), **kw))
+
+    def update(self, tid: int, *, modified: datetime | None = None, **changes: Any) -> None:
+        trade = {**self.trades[tid], **changes, "modified": top_time(modified or self.clock())}
+        self.put(trade)
+
+    # ---- the gateway ----------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/router/rest", self._rest)
+        return app
+
+    async def _rest(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        params: dict[str, str] = dict(request.query)
+        if request.method == "POST":
+            params.update({k: str(v) for k, v in (await request.post()).items()})
+        fmt = params.get("format", "xml")
+        if params.get("app_key") != self.app_key:
+            return _answer(fmt, _error(29, "Invalid app Key", "isv.appkey-not-exists"))
+        if not verify_sign(params, self.app_secret):
+            self.forged += 1
+            return _answer(fmt, _error(25, "Invalid signature"))
+        if params.get("session") != self.session:
+            return _answer(fmt, _error(27, "Invalid session", "invalid-sessionkey"))
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            return _answer(
+                fmt,
+                _error(
+                    7,
+                    "App Call Limited",
+                    "accesscontrol.limited-by-app-access-count",
+                    "This ban will last for 0 more seconds",
+                ),
+            )
+        if params.get("method") != INCREMENT_METHOD:
+            return _answer(fmt, _error(22, "Invalid method", "isv.method-not-exists"))
+        try:
+            start = _china(params["start_modified"])
+            end = _china(params["end_modified"])
+            page = int(params.get("page_no", "1"))
+            size = int(params.get("page_size", "40"))
+        except (KeyError, ValueError):
+            return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter"))
+        if end < start or end - start > MAX_WINDOW or not (1 <= size <= 100) or page < 1:
+            return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter"))
+        chosen = sorted(
+            (t for t in self.trades.values() if start <= _china(t["modified"]) <= end),
+            key=lambda t: (t["modified"], t["tid"]),
+        )
+        part = chosen[(page - 1) * size : page * size]
+        body: dict[str, Any] = {"trades": {"trade": part}}
+        if params.get("use_has_next") == "true":
+            body["has_next"] = page * size < len(chosen)
+        else:
+            body["total_results"] = len(chosen)
+        return _answer(fmt, {"trades_sold_increment_get_response": body})
+
+    async def start(self, port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        host, bound = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{bound}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def signed_params(self, params: Mapping[str, str], method: str = "md5") -> dict[str, str]:
+        """`params` with the sign a client would add (for tests of the gateway itself)."""
+        out = {**params, "sign_method": method}
+        out["sign"] = sign(out, self.app_secret, method)
+        return out
+
+
+def _china(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=CHINA)
+
+
+def _error(
+    code: int, msg: str, sub_code: str | None = None, sub_msg: str | None = None
+) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "msg": msg, "request_id": "sim"}
+    if sub_code:
+        err["sub_code"] = sub_code
+    if sub_msg:
+        err["sub_msg"] = sub_msg
+    return {"error_response": err}
+
+
+def _answer(fmt: str, data: dict[str, Any]) -> web.Response:
+    if fmt == "json":
+        # The stdlib writes big integers with every digit (no float on the way).
+        return web.Response(
+            text=json.dumps(data, ensure_ascii=False), content_type="application/json"
+        )
+    return web.Response(text=to_xml(data), content_type="text/xml", charset="utf-8")
+
+
+def to_xml(data: Mapping[str, Any]) -> str:
+    """TOP's XML form: lists as `<trades list="true"><trade>...</trade></trades>`."""
+    ((root, body),) = data.items()
+    return '<?xml version="1.0" encoding="utf-8" ?>' + _xml(root, body)
+
+
+def _xml(tag: str, value: Any) -> str:
+    if isinstance(value, Mapping):
+        if len(value) == 1:
+            ((child, inner),) = value.items()
+            if isinstance(inner, list):
+                items = "".join(_xml(child, v) for v in inner)
+                return f'<{tag} list="true">{items}</{tag}>'
+        return f"<{tag}>" + "".join(_xml(k, v) for k, v in value.items()) + f"</{tag}>"
+    if isinstance(value, bool):
+        return f"<{tag}>{str(value).lower()}</{tag}>"
+    return f"<{tag}>{escape(str(value))}</{tag}>"
