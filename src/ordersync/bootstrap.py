@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import Any
 
 from ordersync.adapters.bus.rabbitmq import RabbitBus
+from ordersync.adapters.carriers.base import CarrierAccount, connector_for
+from ordersync.adapters.carriers.http import CarrierHttp
 from ordersync.adapters.channels.pulling import HttpFetch, puller_for
 from ordersync.adapters.db import migrate
 from ordersync.adapters.db.database import Database
@@ -20,10 +22,11 @@ from ordersync.adapters.db.inventory import SqlInventoryStore
 from ordersync.adapters.db.lanes import SqlLaneStore
 from ordersync.adapters.db.pull_cursors import SqlCursorStore
 from ordersync.adapters.db.relay import SqlRelayStore
+from ordersync.adapters.db.shipments import SqlShipmentStore
 from ordersync.adapters.db.unit_of_work import SqlUnitOfWork
 from ordersync.adapters.destinations.webhooks import HttpSender
 from ordersync.adapters.metrics import Metrics
-from ordersync.config import DestinationConfig, Settings
+from ordersync.config import CarrierConfig, DestinationConfig, Settings
 from ordersync.domain.delivery import Backoff, RetryPolicy
 from ordersync.domain.inventory import InventoryPolicy, Location, LocationKind, ReserveOn
 from ordersync.service.bus_consumer import BusConsumer
@@ -34,6 +37,7 @@ from ordersync.service.messagebus import MessageBus
 from ordersync.service.outbox import EventRouter
 from ordersync.service.pull import ChannelPuller
 from ordersync.service.relay import OutboxRelay
+from ordersync.service.shipments import Carrier, ShipmentService
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,7 @@ class Hub:
     consumer: BusConsumer | None = None
     lanes: LaneAssigner | None = None
     inventory: InventoryService | None = None  # None: no locations configured
+    shipments: ShipmentService | None = None  # None: no carriers configured
     running: bool = False
     _gauge_task: asyncio.Task[None] | None = field(default=None, repr=False)
     # Pull loops of the channels with a `pull` block (embedded role only; ADR 5).
@@ -129,6 +134,9 @@ class Hub:
         self._gauge_task = asyncio.create_task(self._refresh_gauges(), name="gauges")
         if pull:
             self._start_pulls()
+        if self.shipments is not None:
+            # The anomaly-timer sweep runs where the pull loops do: the embedded process.
+            self.shipments.start(sweep=self.role is Role.ALL)
         self.running = True
 
     def _start_pulls(self) -> None:
@@ -154,6 +162,8 @@ class Hub:
         """Drain: finish queued commands, let in-flight deliveries complete and be recorded."""
         self.running = False
         await self._stop_pulls()  # a page half-ingested is read again after a restart
+        if self.shipments is not None:
+            await self.shipments.stop()
         await self.bus.stop()
         if self.inventory is not None:
             await self.inventory.stop()
@@ -278,6 +288,15 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
             max_batch=inv.max_batch,
             expiry_interval=inv.expiry_interval,
         )
+    shipments = None
+    if settings.carriers:
+        shipments = ShipmentService(
+            {c.id: carrier_from_config(c) for c in settings.carriers},
+            SqlShipmentStore(db, uow, on_commit=wake),
+            router,
+            CarrierHttp().send,
+            public_url=settings.public_url,
+        )
     return Hub(
         settings,
         db,
@@ -292,7 +311,17 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
         consumer,
         lanes,
         inventory,
+        shipments,
     )
+
+
+def carrier_from_config(c: CarrierConfig) -> Carrier:
+    connector = connector_for(c.kind)
+    account = CarrierAccount(
+        c.id, c.kind, c.endpoint, {k: v.get_secret_value() for k, v in c.credentials.items()}
+    )
+    mapping = connector.mapping.with_overrides(c.mapping) if c.mapping else connector.mapping
+    return Carrier(account, connector, mapping, c.carrier_code)
 
 
 def inventory_policy(settings: Settings) -> InventoryPolicy | None:

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from ordersync.domain.order_status import OrderStatus, PaymentStatus
+from ordersync.domain.shipments import ShipmentStatus
 
 ENV_PREFIX = "ORDERSYNC_"
 # Top-level keys that an environment variable may override, e.g. ORDERSYNC_DATABASE_URL.
@@ -120,7 +121,45 @@ class TaobaoChannel(_ChannelBase):
         return self.app_secret
 
 
-CHANNEL_KINDS = ("shopify", "woocommerce", "taobao")
+class JdChannel(_ChannelBase):
+    """JD (京东) POP shop through the JOS open platform: signed calls, orders pulled."""
+
+    kind: Literal["jd"]
+    app_key: str = Field(min_length=1)
+    app_secret: SecretStr
+    access_token: SecretStr | None = None  # the seller's authorization
+    gateway: str = Field(default="https://api.jd.com/routerjson", pattern=r"^https?://")
+
+    @property
+    def secret(self) -> SecretStr:
+        return self.app_secret
+
+
+class DouyinChannel(_ChannelBase):
+    """Douyin shop (抖店): signed open API calls (pull) and signed message pushes."""
+
+    kind: Literal["douyin"]
+    app_key: str = Field(min_length=1)
+    app_secret: SecretStr
+    access_token: SecretStr | None = None  # the shop's authorization, needed for pull
+    sign_method: Literal["md5", "hmac-sha256"] = "hmac-sha256"
+    gateway: str = Field(default="https://openapi-fxg.jinritemai.com", pattern=r"^https?://")
+
+    @property
+    def secret(self) -> SecretStr:
+        return self.app_secret
+
+
+class GenericChannel(_ChannelBase):
+    """An in-house system described by a declarative mapping file (no code)."""
+
+    kind: Literal["generic"]
+    mapping: Path  # YAML or JSON: format, field paths, value maps, transforms
+    secret: SecretStr | None = None  # webhook HMAC-SHA256 key; None: pushes are refused
+    signature_header: str = "x-signature"
+
+
+CHANNEL_KINDS = ("shopify", "woocommerce", "taobao", "jd", "douyin", "generic")
 PLUGIN_GROUP = "ordersync.channels"  # entry points of third-party connectors
 
 
@@ -157,6 +196,9 @@ ChannelConfig = Annotated[
     Annotated[ShopifyChannel, Tag("shopify")]
     | Annotated[WooCommerceChannel, Tag("woocommerce")]
     | Annotated[TaobaoChannel, Tag("taobao")]
+    | Annotated[JdChannel, Tag("jd")]
+    | Annotated[DouyinChannel, Tag("douyin")]
+    | Annotated[GenericChannel, Tag("generic")]
     | Annotated[PluginChannel, Tag("plugin")],
     Discriminator(_channel_tag),
 ]
@@ -261,6 +303,25 @@ class InventoryConfig(_Model):
     max_batch: int = Field(default=512, ge=1, le=10_000)  # reservations per transaction
 
 
+CARRIER_KINDS = ("kdniao", "kuaidi100", "generic")
+
+
+class CarrierConfig(_Model):
+    """A carrier account (issue 6): booking, tracking subscriptions and signed callbacks.
+
+    `credentials` are the connector's own names: kdniao `ebusiness_id`, `app_key`;
+    kuaidi100 `key`, `secret`, `salt` (and optional `partner_id`); generic `api_key`,
+    `webhook_secret`. `mapping` overrides the connector's raw code -> status table.
+    """
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    kind: Literal["kdniao", "kuaidi100", "generic"]
+    endpoint: str = Field(pattern=r"^https?://")
+    credentials: dict[str, SecretStr] = Field(default_factory=dict)
+    mapping: dict[str, ShipmentStatus] = Field(default_factory=dict)
+    carrier_code: str = ""  # the aggregator's code of the real carrier used for bookings
+
+
 class Settings(_Model):
     # repr=False: URLs may carry passwords, and settings get logged in tracebacks.
     database_url: str = Field(default="sqlite:///var/ordersync.db", repr=False)
@@ -275,6 +336,7 @@ class Settings(_Model):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     locations: list[LocationConfig] = Field(default_factory=list)
     inventory: InventoryConfig = Field(default_factory=InventoryConfig)
+    carriers: list[CarrierConfig] = Field(default_factory=list)
 
     @field_validator("broker_url")
     @classmethod
@@ -283,7 +345,7 @@ class Settings(_Model):
             raise ValueError("must be an amqp:// or amqps:// URL (RabbitMQ)")
         return v or None
 
-    @field_validator("channels", "destinations", "api_keys", "locations")
+    @field_validator("channels", "destinations", "api_keys", "locations", "carriers")
     @classmethod
     def _unique_ids(cls, v: list[Any]) -> list[Any]:
         seen: set[str] = set()
@@ -304,6 +366,9 @@ class Settings(_Model):
 
     def channel(self, channel_id: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.id == channel_id), None)
+
+    def carrier(self, carrier_id: str) -> CarrierConfig | None:
+        return next((c for c in self.carriers if c.id == carrier_id), None)
 
 
 _ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")

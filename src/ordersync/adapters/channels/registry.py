@@ -29,6 +29,9 @@ from ordersync.adapters.channels.base import (
     Window,
     statuses_for,
 )
+from ordersync.adapters.channels.douyin import DouyinConnector
+from ordersync.adapters.channels.generic import GenericConnector
+from ordersync.adapters.channels.jd import JdConnector
 from ordersync.adapters.channels.taobao import TaobaoConnector
 from ordersync.adapters.channels.woocommerce import WooCommerceConnector
 from ordersync.config import PLUGIN_GROUP, ChannelConfig, ShopifyChannel
@@ -134,6 +137,9 @@ BUILTIN: dict[str, ChannelConnector] = {
     "shopify": ShopifyConnector(),
     "woocommerce": WooCommerceConnector(),
     "taobao": TaobaoConnector(),
+    "jd": JdConnector(),
+    "douyin": DouyinConnector(),
+    "generic": GenericConnector(),
 }
 _plugins: dict[str, ChannelConnector] = {}
 

@@ -12,6 +12,7 @@ from ordersync.bootstrap import Hub
 from ordersync.entrypoints.api import errors
 from ordersync.entrypoints.api.auth import ApiKeys
 from ordersync.entrypoints.api.routes import deliveries, inventory, ops, orders, webhooks
+from ordersync.entrypoints.api.routes import shipments as shipment_routes
 from ordersync.entrypoints.api.routes.webhooks import WebhookFastPath
 
 
@@ -41,4 +42,5 @@ def create_app(hub: Hub, *, manage_hub: bool = True) -> FastAPI:
     app.add_middleware(WebhookFastPath)
     for r in (webhooks.router, orders.router, deliveries.router, inventory.router, ops.router):
         app.include_router(r)
+    app.include_router(shipment_routes.router)
     return app

@@ -1,0 +1,266 @@
+"""Shipment storage (migration 0006): the shipment transaction and read-side queries.
+
+A `SqlShipmentTx` rides on the SQL unit of work: the same connection and transaction, so
+the order's change, its history, the shipment row, the carrier-inbox record, the alerts
+and every outbox entry commit together. Rows are read with `FOR UPDATE` on PostgreSQL
+(SQLite has one writer at a time already); the order is always locked before its
+shipments. Plain SQL that runs unchanged on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ordersync.adapters.db.database import Database
+from ordersync.adapters.db.unit_of_work import SqlOrderRepository, SqlUnitOfWork
+from ordersync.clock import from_us, to_us
+from ordersync.domain.alerts import Alert
+from ordersync.domain.codec import fmt_time, order_from_dict
+from ordersync.domain.orders import Order
+from ordersync.service.outbox import OutboxEntry
+from ordersync.service.shipments import ShipmentRecord
+
+_SELECT = "SELECT doc FROM shipments"
+
+
+def _row(record: ShipmentRecord, due: datetime | None, now: datetime) -> dict[str, Any]:
+    s = record.shipment
+    picked = s.picked_up_at
+    return {
+        "id": s.shipment_id,
+        "order_id": record.order_id,
+        "carrier_id": s.carrier_id,
+        "tracking_number": s.tracking_number,
+        "status": record.status,
+        "active": record.active,
+        "booked_us": to_us(s.booked_at),
+        "picked_up_us": None if picked is None else to_us(picked),
+        "due_us": None if due is None else to_us(due),
+        "updated_us": to_us(now),
+        "doc": orjson.dumps(record.to_doc()).decode(),
+    }
+
+
+class SqlShipmentTx:
+    def __init__(self, uow: SqlUnitOfWork) -> None:
+        self._uow = uow
+        self.orders: SqlOrderRepository = uow.orders
+        self._lock = "" if uow._c.db.is_sqlite else " FOR UPDATE"
+
+    async def _conn(self) -> AsyncConnection:
+        return await self._uow._c.get()  # the unit of work's own transaction
+
+    async def claim_callback(
+        self, carrier_id: str, callback_id: str, tracking_number: str, body: bytes, now: datetime
+    ) -> bool:
+        conn = await self._conn()
+        result = await conn.execute(
+            text(
+                "INSERT INTO carrier_inbox (carrier_id, callback_id, tracking_number, outcome,"
+                " received_us, body) VALUES (:c, :i, :t, 'received', :now, :body)"
+                " ON CONFLICT (carrier_id, callback_id) DO NOTHING"
+            ),
+            {
+                "c": carrier_id,
+                "i": callback_id,
+                "t": tracking_number,
+                "now": to_us(now),
+                "body": body,
+            },
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def finish_callback(
+        self, carrier_id: str, callback_id: str, outcome: str, shipment_id: str | None
+    ) -> None:
+        conn = await self._conn()
+        await conn.execute(
+            text(
+                "UPDATE carrier_inbox SET outcome = :o, shipment_id = :s"
+                " WHERE carrier_id = :c AND callback_id = :i"
+            ),
+            {"o": outcome, "s": shipment_id, "c": carrier_id, "i": callback_id},
+        )
+
+    async def _one(self, where: str, params: dict[str, Any]) -> ShipmentRecord | None:
+        conn = await self._conn()
+        row = (await conn.execute(text(f"{_SELECT} WHERE {where}{self._lock}"), params)).first()
+        return None if row is None else ShipmentRecord.from_doc(orjson.loads(row[0]))
+
+    async def shipment(self, shipment_id: str) -> ShipmentRecord | None:
+        return await self._one("id = :id", {"id": shipment_id})
+
+    async def shipment_by_tracking(
+        self, carrier_id: str, tracking_number: str
+    ) -> ShipmentRecord | None:
+        return await self._one(
+            "carrier_id = :c AND tracking_number = :t", {"c": carrier_id, "t": tracking_number}
+        )
+
+    async def shipments_of_order(self, order_id: str) -> list[ShipmentRecord]:
+        conn = await self._conn()
+        rows = await conn.execute(
+            text(f"{_SELECT} WHERE order_id = :o ORDER BY booked_us, id{self._lock}"),
+            {"o": order_id},
+        )
+        return [ShipmentRecord.from_doc(orjson.loads(doc)) for (doc,) in rows]
+
+    async def insert_shipment(
+        self, record: ShipmentRecord, due: datetime | None, now: datetime
+    ) -> None:
+        conn = await self._conn()
+        await conn.execute(
+            text(
+                "INSERT INTO shipments (id, order_id, carrier_id, tracking_number, status,"
+                " active, booked_us, picked_up_us, due_us, updated_us, doc) VALUES (:id,"
+                " :order_id, :carrier_id, :tracking_number, :status, :active, :booked_us,"
+                " :picked_up_us, :due_us, :updated_us, :doc)"
+            ),
+            _row(record, due, now),
+        )
+
+    async def update_shipment(
+        self, record: ShipmentRecord, due: datetime | None, now: datetime
+    ) -> None:
+        conn = await self._conn()
+        await conn.execute(
+            text(
+                "UPDATE shipments SET tracking_number = :tracking_number, status = :status,"
+                " active = :active, picked_up_us = :picked_up_us, due_us = :due_us,"
+                " updated_us = :updated_us, doc = :doc WHERE id = :id"
+            ),
+            _row(record, due, now),
+        )
+
+    async def raised_rules(self, shipment_id: str) -> set[str]:
+        conn = await self._conn()
+        rows = await conn.execute(
+            text("SELECT rule FROM alerts WHERE shipment_id = :s"), {"s": shipment_id}
+        )
+        return {rule for (rule,) in rows}
+
+    async def insert_alert(self, alert_id: str, alert: Alert, order_id: str) -> bool:
+        conn = await self._conn()
+        result = await conn.execute(
+            text(
+                "INSERT INTO alerts (id, shipment_id, order_id, rule, state, due_us, raised_us,"
+                " detail) VALUES (:id, :s, :o, :rule, 'open', :due, :raised, :detail)"
+                " ON CONFLICT (shipment_id, rule) DO NOTHING"
+            ),
+            {
+                "id": alert_id,
+                "s": alert.shipment_id,
+                "o": order_id,
+                "rule": str(alert.kind),
+                "due": to_us(alert.due_at),
+                "raised": to_us(alert.raised_at),
+                "detail": alert.detail,
+            },
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    def emit(self, entry: OutboxEntry) -> None:
+        # Flushed with the orders' own outbox entries at commit (events + deliveries).
+        self._uow.orders.outbox.append(entry)
+
+    async def commit(self) -> None:
+        await self._uow.commit()
+
+
+class SqlShipmentStore:
+    def __init__(
+        self,
+        db: Database,
+        uow_factory: Callable[[], SqlUnitOfWork],
+        on_commit: Callable[[set[str]], None] | None = None,
+    ) -> None:
+        self.db = db
+        self._uow_factory = uow_factory
+        self._on_commit = on_commit
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlShipmentTx]:
+        uow = self._uow_factory()
+        try:
+            yield SqlShipmentTx(uow)
+        finally:
+            await uow.rollback()  # a no-op after commit
+        if uow.committed_destinations and self._on_commit is not None:
+            self._on_commit(uow.committed_destinations)
+
+    async def load_order(self, order_id: str) -> Order | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(text("SELECT doc FROM orders WHERE id = :id"), {"id": order_id})
+            ).first()
+        return None if row is None else order_from_dict(orjson.loads(row[0]))
+
+    async def order_of_tracking(self, carrier_id: str, tracking_number: str) -> str | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT order_id FROM shipments"
+                        " WHERE carrier_id = :c AND tracking_number = :t"
+                    ),
+                    {"c": carrier_id, "t": tracking_number},
+                )
+            ).first()
+        return None if row is None else str(row[0])
+
+    async def order_of_shipment(self, shipment_id: str) -> str | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT order_id FROM shipments WHERE id = :id"), {"id": shipment_id}
+                )
+            ).first()
+        return None if row is None else str(row[0])
+
+    async def due_shipments(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT id, order_id FROM shipments WHERE due_us IS NOT NULL"
+                    " AND due_us <= :now ORDER BY due_us LIMIT :limit"
+                ),
+                {"now": to_us(now), "limit": limit},
+            )
+            return [(str(i), str(o)) for i, o in rows]
+
+    async def list_for_order(self, order_id: str) -> list[ShipmentRecord]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                text(f"{_SELECT} WHERE order_id = :o ORDER BY booked_us, id"), {"o": order_id}
+            )
+            return [ShipmentRecord.from_doc(orjson.loads(doc)) for (doc,) in rows]
+
+    async def open_alerts(self, limit: int) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT id, shipment_id, order_id, rule, state, due_us, raised_us, detail"
+                    " FROM alerts WHERE state = 'open' ORDER BY raised_us, id LIMIT :limit"
+                ),
+                {"limit": limit},
+            )
+            return [
+                {
+                    "id": r[0],
+                    "shipment_id": r[1],
+                    "order_id": r[2],
+                    "rule": r[3],
+                    "state": r[4],
+                    "due_at": fmt_time(from_us(r[5])),
+                    "raised_at": fmt_time(from_us(r[6])),
+                    "detail": r[7],
+                }
+                for r in rows
+            ]

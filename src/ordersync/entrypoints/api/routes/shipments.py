@@ -1,0 +1,89 @@
+"""Shipments API (issue 6): carrier callbacks, booking, an order's shipments, open alerts."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from ordersync.config import Scope
+from ordersync.entrypoints.api.auth import require
+from ordersync.entrypoints.api.deps import hub, json_response
+from ordersync.entrypoints.api.errors import ApiProblem
+from ordersync.service.shipments import ShipmentError, ShipmentService
+
+router = APIRouter(tags=["shipments"])
+
+Reader = Annotated[str, Depends(require(Scope.ORDERS_READ))]
+Writer = Annotated[str, Depends(require(Scope.ORDERS_WRITE))]
+MAX_CALLBACK = 1024 * 1024
+
+
+class BookingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    carrier_id: str | None = Field(default=None, max_length=64)  # None: the first configured
+    carrier_code: str | None = Field(default=None, max_length=64)  # the real carrier's code
+    weight_kg: Decimal | None = Field(default=None, gt=0)
+    service: str = Field(default="", max_length=64)
+
+
+def _service(request: Request) -> ShipmentService:
+    service = hub(request).shipments
+    if service is None:
+        raise ApiProblem(404, "carriers_not_configured", "no carrier is configured")
+    return service
+
+
+def _problem(e: ShipmentError) -> ApiProblem:
+    return ApiProblem(e.status, e.code, e.detail)
+
+
+@router.post(
+    "/v1/carriers/{carrier_id}/callbacks",
+    summary="Receive a carrier's tracking push (in the carrier's own format)",
+)
+async def carrier_callback(carrier_id: str, request: Request) -> Response:
+    service = _service(request)
+    body = await request.body()
+    if len(body) > MAX_CALLBACK:
+        raise ApiProblem(413, "body_too_large", f"limit is {MAX_CALLBACK} bytes")
+    try:
+        ack = await service.handle_callback(carrier_id, body, request.headers)
+    except ShipmentError as e:
+        raise _problem(e) from None
+    return Response(ack.body, status_code=ack.status, media_type=ack.content_type)
+
+
+@router.post("/v1/orders/{order_id}/shipments", status_code=201, summary="Book a waybill")
+async def book_shipment(
+    order_id: str, booking: BookingIn, request: Request, principal: Writer
+) -> Response:
+    service = _service(request)
+    try:
+        record = await service.book(
+            order_id,
+            carrier_id=booking.carrier_id,
+            carrier_code=booking.carrier_code,
+            weight_kg=booking.weight_kg,
+            service=booking.service,
+        )
+    except ShipmentError as e:
+        raise _problem(e) from None
+    return json_response(record.view(), status=201)
+
+
+@router.get("/v1/orders/{order_id}/shipments", summary="An order's shipments and their tracking")
+async def list_shipments(order_id: str, request: Request, principal: Reader) -> Response:
+    shipments = await _service(request).list_for_order(order_id)
+    return json_response({"data": shipments})
+
+
+@router.get("/v1/alerts", summary="Open shipment alerts")
+async def list_alerts(
+    request: Request, principal: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> Response:
+    return json_response({"data": await _service(request).open_alerts(limit)})

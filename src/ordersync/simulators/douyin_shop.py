@@ -1,0 +1,206 @@
+"""A simulated Douyin shop (抖店) open API serving `order.searchList`, and a message pusher.
+
+It checks every call's `sign` (md5 or hmac-sha256), the app key and the access token, serves
+the orders updated in [update_time_start, update_time_end] (Unix seconds) page by page
+(pages counted from 0, as the platform does), and can refuse calls as rate-limited. It also
+pushes signed messages ({tag, msg_id, data}) to a URL, as the platform's message service.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ordersync.adapters.channels.douyin import OK, SEARCH_METHOD, event_sign, verify_call
+
+__all__ = ["DouyinShop", "make_order"]
+
+FIRST_ORDER_ID = 6_920_000_000_000_000_001  # 19 digits, as real shop order ids
+
+
+def make_order(
+    order_id: int,
+    updated: datetime,
+    *,
+    status: int = 2,
+    skus: list[dict[str, Any]] | None = None,
+    buyer: str | None = "dy_open_茶友",
+) -> dict[str, Any]:
+    """An order as the platform writes it: amounts in fen, times in Unix seconds."""
+    skus = skus or [
+        {
+            "order_id": str(order_id + 1),
+            "sku_id": 1_700_000_000_001,
+            "product_id": "3600000000001",
+            "product_name": "安吉白茶 100g",
+            "code": "ANJI-100",
+            "item_num": 3,
+            "goods_price": 5990,
+            "pay_amount": 16970,
+        }
+    ]
+    total = sum(int(s["pay_amount"]) for s in skus)
+    stamp = int(updated.timestamp())
+    order: dict[str, Any] = {
+        "order_id": str(order_id),
+        "order_status": status,
+        "order_amount": total,
+        "pay_amount": total,
+        "post_amount": 0,
+        "promotion_amount": 0,
+        "create_time": stamp,
+        "update_time": stamp,
+        "pay_time": 0 if status == 1 else stamp,
+        "post_receiver": "张小花",
+        "post_tel": "1380000****",
+        "post_addr": {
+            "province": {"name": "浙江省", "id": "33"},
+            "city": {"name": "湖州市", "id": "3305"},
+            "town": {"name": "安吉县", "id": "330523"},
+            "street": {"name": "递铺街道", "id": "330523001"},
+            "detail": "茶园路 8 号",
+        },
+        "sku_order_list": skus,
+    }
+    if buyer is not None:
+        order["doudian_open_id"] = buyer
+    return order
+
+
+class DouyinShop:
+    """The open API (`app`) plus a message pusher; orders are edited with `put`/`update`."""
+
+    def __init__(
+        self,
+        *,
+        app_key: str,
+        app_secret: str,
+        access_token: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.app_key = app_key
+        self.app_secret = app_secret
+        self.access_token = access_token
+        self.clock = clock
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.calls = 0
+        self.forged = 0
+        self.throttle_next = 0
+        self.base_url: str | None = None
+        self._ids = itertools.count(FIRST_ORDER_ID, 11)
+        self._msgs = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.base_url is not None
+        return self.base_url
+
+    def put(self, order: dict[str, Any]) -> dict[str, Any]:
+        self.orders[str(order["order_id"])] = order
+        return order
+
+    def create(self, **kw: Any) -> dict[str, Any]:
+        return self.put(make_order(next(self._ids), self.clock(), **kw))
+
+    def update(self, order_id: str, *, updated: datetime | None = None, **changes: Any) -> None:
+        stamp = int((updated or self.clock()).timestamp())
+        self.put({**self.orders[order_id], **changes, "update_time": stamp})
+
+    # ---- message push --------------------------------------------------------------------
+    def message_body(self, tag: str, order: dict[str, Any]) -> bytes:
+        data = {
+            "p_id": int(order["order_id"]),
+            "s_ids": [int(s["order_id"]) for s in order["sku_order_list"]],
+            "order_status": order["order_status"],
+            "update_time": order["update_time"],
+        }
+        msg = {"tag": tag, "msg_id": f"dy-msg-{next(self._msgs)}", "data": json.dumps(data)}
+        return json.dumps([msg], ensure_ascii=False).encode("utf-8")
+
+    async def push(
+        self, url: str, tag: str, order: dict[str, Any], *, sign_method: str = "md5"
+    ) -> int:
+        """POST a signed message about `order`; the receiver's HTTP status."""
+        body = self.message_body(tag, order)
+        headers = {
+            "content-type": "application/json",
+            "app-id": self.app_key,
+            "event-sign": event_sign(self.app_key, self.app_secret, body, sign_method),
+        }
+        if sign_method != "md5":
+            headers["sign-method"] = sign_method
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, data=body, headers=headers) as response,
+        ):
+            await response.read()
+            return response.status
+
+    # ---- the open API --------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/" + SEARCH_METHOD.replace(".", "/"), self._search)
+        return app
+
+    async def _search(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        params: dict[str, str] = dict(request.query)
+        if request.method == "POST":
+            params.update({k: str(v) for k, v in (await request.post()).items()})
+        if params.get("app_key") != self.app_key:
+            return _error(30001, "app_key不存在", "isv.app-key-invalid")
+        if params.get("method") != SEARCH_METHOD:
+            return _error(30002, "method不匹配", "isv.method-invalid")
+        if not verify_call(params, self.app_secret):
+            self.forged += 1
+            return _error(30004, "签名校验失败 (sign invalid)", "isv.sign-invalid")
+        if params.get("access_token") != self.access_token:
+            return _error(30005, "access_token已过期", "isv.access-token-expired")
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            return _error(50002, "调用频率超限 (rate limit)", "isp.rate-limited")
+        try:
+            business = json.loads(params["param_json"])
+            start = int(business["update_time_start"])
+            end = int(business["update_time_end"])
+            page = int(business.get("page", 0))
+            size = int(business.get("size", 10))
+        except (KeyError, ValueError, TypeError):
+            return _error(40004, "参数错误", "isv.parameter-invalid")
+        if end < start or not (1 <= size <= 100) or page < 0:
+            return _error(40004, "参数错误", "isv.parameter-invalid")
+        chosen = sorted(
+            (o for o in self.orders.values() if start <= int(o["update_time"]) <= end),
+            key=lambda o: (o["update_time"], o["order_id"]),
+        )
+        part = chosen[page * size : (page + 1) * size]
+        data = {"shop_order_list": part, "page": page, "size": size, "total": len(chosen)}
+        return _json({"code": OK, "msg": "success", "data": data, "log_id": "sim"})
+
+    async def start(self, port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        host, bound = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{bound}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def _error(code: int, msg: str, sub_code: str) -> web.Response:
+    return _json({"code": code, "msg": msg, "sub_code": sub_code, "sub_msg": msg, "data": {}})
+
+
+def _json(data: dict[str, Any]) -> web.Response:
+    return web.Response(text=json.dumps(data, ensure_ascii=False), content_type="application/json")

@@ -1,0 +1,204 @@
+"""A simulated JD JOS gateway serving `jingdong.pop.order.search`.
+
+It checks every call's `sign` (upper-case MD5 of secret + sorted name/value pairs + secret),
+the app key and the access token, serves the orders modified in [start_date, end_date]
+(China time, at most one month) page by page in JOS's JSON envelope, and can refuse calls
+as over the rate limit. Order ids are 64-bit integers, written with every digit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from ordersync.adapters.channels.jd import (
+    CHINA,
+    RESPONSE_KEY,
+    SEARCH_METHOD,
+    jos_time,
+    sign,
+    verify_sign,
+)
+
+__all__ = ["JosGateway", "make_order", "sign"]
+
+FIRST_ORDER_ID = 9_007_199_254_740_993  # 2^53 + 1: a float would round it
+MAX_WINDOW = timedelta(days=31)
+
+
+def make_order(
+    order_id: int,
+    modified: datetime,
+    *,
+    state: str = "WAIT_SELLER_STOCK_OUT",
+    items: list[dict[str, Any]] | None = None,
+    pin: str | None = "jd_茶友",
+) -> dict[str, Any]:
+    """An order as JOS writes it (amounts as strings of yuan, times in China time)."""
+    items = items or [
+        {
+            "skuId": "100012043978",
+            "outerSkuId": "PUER-357",
+            "skuName": "云南普洱 357g",
+            "jdPrice": "128.00",
+            "itemTotal": "2",
+            "wareId": "100009876543",
+        }
+    ]
+    cents = sum(int(i["jdPrice"].replace(".", "")) * int(i["itemTotal"]) for i in items)
+    amount = f"{cents // 100}.{cents % 100:02d}"
+    stamp = jos_time(modified)
+    order: dict[str, Any] = {
+        "orderId": order_id,
+        "venderId": "10086",
+        "orderState": state,
+        "orderTotalPrice": amount,
+        "orderSellerPrice": amount,
+        "orderPayment": amount,
+        "freightPrice": "0.00",
+        "sellerDiscount": "0.00",
+        "orderStartTime": stamp,
+        "modified": stamp,
+        "consigneeInfo": {
+            "fullname": "李四",
+            "mobile": "139****0000",
+            "fullAddress": "北京市朝阳区建国路 88 号",
+            "province": "北京",
+            "city": "北京市",
+            "county": "朝阳区",
+        },
+        "itemInfoList": items,
+    }
+    if state not in ("TRADE_CANCELED",):
+        order["paymentConfirmTime"] = stamp
+    if pin is not None:
+        order["pin"] = pin
+    return order
+
+
+class JosGateway:
+    """The gateway: `app` serves /routerjson; orders are edited through `put`/`update`."""
+
+    def __init__(
+        self,
+        *,
+        app_key: str,
+        app_secret: str,
+        access_token: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.app_key = app_key
+        self.app_secret = app_secret
+        self.access_token = access_token
+        self.clock = clock
+        self.orders: dict[int, dict[str, Any]] = {}
+        self.calls = 0
+        self.forged = 0
+        self.throttle_next = 0  # refuse this many calls as over the call limit
+        self.base_url: str | None = None
+        self._ids = itertools.count(FIRST_ORDER_ID, 13)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.base_url is not None
+        return self.base_url + "/routerjson"
+
+    def put(self, order: dict[str, Any]) -> dict[str, Any]:
+        self.orders[int(order["orderId"])] = order
+        return order
+
+    def create(self, **kw: Any) -> dict[str, Any]:
+        return self.put(make_order(next(self._ids), self.clock(), **kw))
+
+    def update(self, order_id: int, *, modified: datetime | None = None, **changes: Any) -> None:
+        order = {**self.orders[order_id], **changes, "modified": jos_time(modified or self.clock())}
+        self.put(order)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/routerjson", self._rest)
+        return app
+
+    async def _rest(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        params: dict[str, str] = dict(request.query)
+        if request.method == "POST":
+            params.update({k: str(v) for k, v in (await request.post()).items()})
+        if params.get("app_key") != self.app_key:
+            return _answer(_error("19", "Invalid app_key", "无效的app_key"))
+        if not verify_sign(params, self.app_secret):
+            self.forged += 1
+            return _answer(_error("20", "Invalid signature", "签名无效"))
+        if params.get("access_token") != self.access_token:
+            return _answer(_error("19", "Invalid access_token", "无效的access_token"))
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            return _answer(_error("63", "call limit exceeded", "调用频率超限"))
+        if params.get("method") != SEARCH_METHOD:
+            return _answer(_error("22", "Invalid method", "无效的方法"))
+        try:
+            business = json.loads(params["360buy_param_json"])
+            start = _china(business["start_date"])
+            end = _china(business["end_date"])
+            page = int(business.get("page", "1"))
+            size = int(business.get("page_size", "20"))
+            states = set(str(business["order_state"]).split(","))
+        except (KeyError, ValueError, TypeError):
+            return _answer(_error("3", "Invalid arguments", "参数错误"))
+        if end < start or end - start > MAX_WINDOW or not (1 <= size <= 100) or page < 1:
+            return _answer(_error("3", "Invalid arguments", "参数错误"))
+        chosen = sorted(
+            (
+                o
+                for o in self.orders.values()
+                if start <= _china(o["modified"]) <= end and o["orderState"] in states
+            ),
+            key=lambda o: (o["modified"], o["orderId"]),
+        )
+        part = chosen[(page - 1) * size : page * size]
+        result = {
+            "apiResult": {
+                "success": True,
+                "code": "0",
+                "englishErrCode": "success",
+                "chineseErrCode": "成功",
+            },
+            "orderInfoList": part,
+            "orderTotal": len(chosen),
+        }
+        return _answer({RESPONSE_KEY: {"code": "0", "searchorderinfo_result": result}})
+
+    async def start(self, port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        host, bound = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{bound}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def signed_params(self, params: Mapping[str, str]) -> dict[str, str]:
+        """`params` with the sign a client would add (for tests of the gateway itself)."""
+        return {**params, "sign": sign(params, self.app_secret)}
+
+
+def _china(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=CHINA)
+
+
+def _error(code: str, en: str, zh: str) -> dict[str, Any]:
+    return {"error_response": {"code": code, "en_desc": en, "zh_desc": zh}}
+
+
+def _answer(data: dict[str, Any]) -> web.Response:
+    return web.Response(text=json.dumps(data, ensure_ascii=False), content_type="application/json")

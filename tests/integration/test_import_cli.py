@@ -1,0 +1,194 @@
+"""`ordersync import FILE` run as a real process against a SQLite hub: each error policy, the
+per-row error report (table and JSON), idempotent re-imports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import text
+
+from ordersync.bootstrap import build_hub
+from ordersync.config import settings_from_mapping
+
+MAPPING = {
+    "format": "csv",
+    "group_by": "order_no",
+    "fields": {
+        "external_id": "order_no",
+        "status": {"path": "status", "transform": ["strip", "upper"], "default": "PAID"},
+        "total": "order_total",
+        "customer.name": "buyer",
+        "updated_at": {
+            "path": "changed",
+            "transform": "datetime",
+            "format": "%Y-%m-%d %H:%M",
+            "timezone": "+08:00",
+        },
+    },
+    "lines": {"fields": {"sku": "sku", "quantity": "qty", "unit_price": "price"}},
+    "statuses": {
+        "PAID": {"status": "paid", "payment": "paid"},
+        "NEW": {"status": "pending", "payment": "pending"},
+    },
+}
+GOOD_ROWS = (
+    "order_no,status,buyer,order_total,sku,qty,price,changed\n"
+    "B-1001,paid,周先生,30.00,TEA-1,1,10.00,2026-11-22 12:00\n"
+    "B-1001,paid,周先生,30.00,TEA-2,2,10.00,2026-11-22 12:00\n"
+    "B-1002,new,,5.00,,1,5.00,2026-11-22 12:05\n"
+)
+BAD_ROWS = (
+    "B-1003,paid,钱女士,-3.00,TEA-3,1,3.00,2026-11-22 12:06\n"
+    "B-1004,lost,孙先生,3.00,TEA-3,1,3.00,2026-11-22 12:07\n"
+    "B-1005,paid,李先生,3.00,TEA-3,many,3.00,2026-11-22 12:08\n"
+)
+
+
+@pytest.fixture
+def hub_config(tmp_path: Path) -> Path:
+    mapping = tmp_path / "erp.yaml"
+    mapping.write_text(yaml.safe_dump(MAPPING, allow_unicode=True), encoding="utf-8")
+    config = tmp_path / "hub.yaml"
+    channel = {"id": "erp-inhouse", "kind": "generic", "mapping": str(mapping)}
+    data = {"database_url": f"sqlite:///{tmp_path}/hub.db", "channels": [channel]}
+    config.write_text(json.dumps(data), encoding="utf-8")
+    return config
+
+
+def csv_file(tmp_path: Path, rows: str, name: str = "orders.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(rows, encoding="utf-8")
+    return path
+
+
+async def run_import(config: Path, file: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ordersync", "import", str(file), "--channel", "erp-inhouse",
+        *args, "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def stored(config: Path) -> tuple[dict[str, tuple[str, str]], list[tuple[str, str | None]]]:
+    """(external_id -> (status, payment_status), [(inbox topic, outcome)])."""
+    raw = yaml.safe_load(await asyncio.to_thread(config.read_text))
+    settings = settings_from_mapping(raw, env={})
+    hub = build_hub(settings)
+    await hub.start(dispatch=False, pull=False)
+    try:
+        async with hub.db.read() as conn:
+            rows = await conn.execute(
+                text("SELECT external_id, status, payment_status FROM orders")
+            )
+            orders = {e: (s, p) for e, s, p in rows}
+            inbox = await conn.execute(text("SELECT topic, outcome FROM inbox ORDER BY topic"))
+            return orders, [(t, o) for t, o in inbox]
+    finally:
+        await hub.stop()
+
+
+def report(out: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(out)
+    return found
+
+
+async def test_a_clean_file_is_imported_and_a_second_import_changes_nothing(
+    hub_config: Path, tmp_path: Path
+) -> None:
+    """Rows grouped into orders land once; re-importing the file is all duplicates."""
+    file = csv_file(tmp_path, GOOD_ROWS)
+
+    code, out, err = await run_import(hub_config, file, "--json")
+    again_code, again, _ = await run_import(hub_config, file, "--json")
+
+    assert code == 0, err
+    assert report(out)["summary"]["outcome_created"] == 2
+    assert report(out)["errors"] == []
+    assert again_code == 0
+    assert report(again)["summary"]["outcome_duplicate"] == 2
+    orders, _ = await stored(hub_config)
+    assert orders == {"B-1001": ("paid", "paid"), "B-1002": ("pending", "pending")}
+
+
+async def test_reject_file_imports_nothing_when_any_row_is_bad(
+    hub_config: Path, tmp_path: Path
+) -> None:
+    """One bad row refuses the whole file; every bad row is reported with field and problem."""
+    file = csv_file(tmp_path, GOOD_ROWS + BAD_ROWS)
+
+    code, out, _ = await run_import(hub_config, file, "--on-error", "reject-file", "--json")
+
+    assert code == 1
+    errors = report(out)["errors"]
+    assert [(e["row"], e["field"]) for e in errors] == [
+        (4, "order_total"),
+        (5, "status"),
+        (6, "qty"),
+    ]
+    assert "negative" in errors[0]["problem"]
+    assert await stored(hub_config) == ({}, [])
+
+
+async def test_skip_bad_rows_imports_the_good_orders_and_reports_the_rest(
+    hub_config: Path, tmp_path: Path
+) -> None:
+    """Good orders land, bad rows are only reported, and the command succeeds."""
+    file = csv_file(tmp_path, GOOD_ROWS + BAD_ROWS)
+
+    code, out, _ = await run_import(hub_config, file, "--on-error", "skip-bad-rows", "--json")
+
+    assert code == 0
+    summary = report(out)["summary"]
+    assert (summary["orders"], summary["bad_orders"], summary["imported"]) == (5, 3, 2)
+    orders, inbox = await stored(hub_config)
+    assert set(orders) == {"B-1001", "B-1002"}
+    assert [t for t, _ in inbox] == ["import", "import"]
+
+
+async def test_reject_bad_rows_imports_good_orders_and_records_the_bad_ones(
+    hub_config: Path, tmp_path: Path
+) -> None:
+    """Bad orders are kept raw in the inbox as unmappable, and the command exits 1."""
+    file = csv_file(tmp_path, GOOD_ROWS + BAD_ROWS)
+
+    code, out, _ = await run_import(hub_config, file, "--on-error", "reject-bad-rows", "--json")
+
+    assert code == 1
+    assert len(report(out)["errors"]) == 3
+    orders, inbox = await stored(hub_config)
+    assert set(orders) == {"B-1001", "B-1002"}
+    assert [t for t, _ in inbox].count("import:unmappable") == 3
+
+
+async def test_the_error_report_is_a_table_without_json(hub_config: Path, tmp_path: Path) -> None:
+    """Without --json the refused rows are printed as a table of row, field, problem."""
+    file = csv_file(tmp_path, GOOD_ROWS + BAD_ROWS)
+
+    code, out, _ = await run_import(hub_config, file, "--on-error", "skip-bad-rows")
+
+    assert code == 0
+    assert "rows refused" in out
+    assert "order_total" in out
+    assert "qty" in out
+
+
+async def test_unknown_policies_and_spreadsheets_are_refused_up_front(
+    hub_config: Path, tmp_path: Path
+) -> None:
+    """A typo in --on-error, or an .xlsx file, stops with exit 2 before anything is read."""
+    code, _, err = await run_import(hub_config, csv_file(tmp_path, GOOD_ROWS), "--on-error", "x")
+    assert code == 2
+    assert "reject-file" in err
+    xlsx = csv_file(tmp_path, "not really a sheet", "orders.xlsx")
+    code, _, err = await run_import(hub_config, xlsx)
+    assert code == 2
+    assert "CSV" in err
