@@ -150,12 +150,22 @@ def demo(
     json_out: JsonOpt = False,
     port: Annotated[int, typer.Option(help="Hub port (0 picks a free one).")] = 0,
     keep: Annotated[bool, typer.Option(help="Keep the demo's working directory.")] = False,
+    channels: Annotated[
+        str,
+        typer.Option(
+            help="Sales channels, comma-separated: shopify (always), woocommerce (push),"
+            " taobao (pulled through the TOP gateway simulator)."
+        ),
+    ] = "shopify",
 ) -> None:
     """Start the hub and simulators, push orders through, and check nothing was lost."""
     from ordersync.entrypoints.demo import run_demo
 
+    kinds = [c.strip() for c in channels.split(",") if c.strip()]
     summary = _run(
-        lambda: run_demo(orders=orders, faults=faults, quiet=json_out, port=port, keep=keep)
+        lambda: run_demo(
+            orders=orders, faults=faults, quiet=json_out, port=port, keep=keep, channels=kinds
+        )
     )
     if json_out:
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")

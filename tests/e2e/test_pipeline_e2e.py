@@ -47,9 +47,22 @@ async def test_a_sink_failing_its_first_two_attempts_gets_each_event_once_in_ord
 
 @pytest.mark.timeout(900)
 def test_the_demo_command_with_faults_reports_nothing_lost_duplicated_or_out_of_order() -> None:
-    """The acceptance run: `ordersync demo --orders 2000 --faults --json`."""
+    """The acceptance run, with a pushed and a pulled channel beside Shopify:
+    `ordersync demo --orders 2000 --faults --channels shopify,woocommerce,taobao --json`."""
+    channels = "shopify,woocommerce,taobao"
     proc = subprocess.run(
-        [sys.executable, "-m", "ordersync", "demo", "--orders", "2000", "--faults", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "ordersync",
+            "demo",
+            "--orders",
+            "2000",
+            "--faults",
+            "--json",
+            "--channels",
+            channels,
+        ],
         capture_output=True,
         timeout=600,
         check=False,
@@ -60,6 +73,7 @@ def test_the_demo_command_with_faults_reports_nothing_lost_duplicated_or_out_of_
     assert summary["deliveries_retried"] > 0
     assert summary["hub_killed_after_orders"] is not None
     assert (summary["lost"], summary["duplicated"], summary["out_of_order"]) == (0, 0, 0)
+    assert (summary["woocommerce_orders"], summary["taobao_orders"]) == (400, 400)
 
 
 async def test_sigterm_drains_in_flight_deliveries_and_records_them(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def test_a_trade_maps_with_its_tid_exact_and_china_time_in_utc() -> None:
     snap = pulled.snapshot
     assert snap is not None
     assert snap.external_id == "4611686018427387905"
-    assert pulled.message_id == "4611686018427387905@2026-11-22T04:00:00+00:00"
+    assert pulled.message_id.startswith("4611686018427387905@2026-11-22T04:00:00+00:00#")
     assert snap.channel_updated_at == datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
     assert snap.currency == "CNY"
     assert snap.totals.total == Decimal("170.00")

@@ -190,13 +190,27 @@ def test_a_webhook_from_another_store_is_refused() -> None:
     assert e.value.status == 401
 
 
+def test_two_states_stamped_in_the_same_second_are_two_inbox_records() -> None:
+    """Created and paid within one second: the paid state is not mistaken for a repeat."""
+    created = teapot_order()
+    paid = {**created, "status": "completed" if created["status"] != "completed" else "pending"}
+    same_again = body_of(created)
+
+    first = CONNECTOR.parse(channel(), headers_for(body_of(created)), body_of(created))
+    second = CONNECTOR.parse(channel(), headers_for(body_of(paid)), body_of(paid))
+    repeat = CONNECTOR.parse(channel(), headers_for(same_again), same_again)
+
+    assert first.message_id != second.message_id
+    assert first.message_id == repeat.message_id
+
+
 def test_an_order_webhook_is_keyed_by_order_and_modified_time() -> None:
     """Push and pull of the same order state share one inbox key: id @ modified (UTC)."""
     body = body_of(teapot_order())
 
     msg = CONNECTOR.parse(channel(), headers_for(body), body)
 
-    assert msg.message_id == "4750@2026-11-22T10:05:00+00:00"
+    assert msg.message_id.startswith("4750@2026-11-22T10:05:00+00:00#")
     assert msg.topic == "order.updated"
     assert "36e520ebabc2fa725092ff4a47acedf2" in msg.headers
 
@@ -379,7 +393,7 @@ def test_a_pulled_page_maps_its_orders_and_reads_the_page_count() -> None:
     assert page.total_pages == 4
     good, bad = page.orders
     assert good.snapshot is not None
-    assert good.message_id == "4750@2026-11-22T10:05:00+00:00"
+    assert good.message_id.startswith("4750@2026-11-22T10:05:00+00:00#")
     assert bad.snapshot is None
     assert bad.error is not None
     assert "wc-unknown" in bad.error

@@ -15,6 +15,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ordersync.entrypoints.demo_channels import ChannelDriver, check, drivers_for
 from ordersync.entrypoints.process import HubProcess, free_port
 from ordersync.simulators.shopify_store import StoreReport, StoreSimulator
 from ordersync.simulators.sinks import FaultPlan, Sink, new_secret
@@ -45,7 +47,9 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def write_config(workdir: Path, sinks: dict[str, Sink], faults: bool) -> Path:
+def write_config(
+    workdir: Path, sinks: dict[str, Sink], faults: bool, extra: Sequence[ChannelDriver] = ()
+) -> Path:
     destinations = [
         {
             "id": name,
@@ -66,7 +70,10 @@ def write_config(workdir: Path, sinks: dict[str, Sink], faults: bool) -> Path:
     config = {
         "database_url": f"sqlite:///{workdir / 'ordersync.db'}",
         "log_level": "WARNING",
-        "channels": [{"id": CHANNEL, "kind": "shopify", "secret": "env:DEMO_SHOP_SECRET"}],
+        "channels": [
+            {"id": CHANNEL, "kind": "shopify", "secret": "env:DEMO_SHOP_SECRET"},
+            *(d.config() for d in extra),
+        ],
         "destinations": destinations,
         "api_keys": [
             {
@@ -90,10 +97,13 @@ async def run_demo(
     keep: bool = False,
     crash: bool | None = None,
     sink_faults: FaultPlan | None = None,
+    channels: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo and return its summary. `crash` (default: with `faults`) kills the
-    hub with SIGKILL mid-burst and restarts it; `sink_faults` overrides the sinks' faults."""
+    hub with SIGKILL mid-burst and restarts it; `sink_faults` overrides the sinks' faults;
+    `channels` adds sales channels beside Shopify (each gets a fifth of `orders`, min 10)."""
     crash = faults if crash is None else crash
+    extra = drivers_for([c for c in (channels or []) if c != "shopify"])
     console = Console(stderr=True, quiet=quiet)
     workdir = Path(tempfile.mkdtemp(prefix="ordersync-demo-"))
     shop_secret, api_key = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
@@ -103,24 +113,30 @@ async def run_demo(
     sinks = {name: Sink(name, new_secret(), plan) for name in SUBSCRIPTIONS}
     for sink in sinks.values():
         await sink.start()
+    for driver in extra:
+        await driver.start()
     hub = HubProcess(
-        write_config(workdir, sinks, faults),
+        write_config(workdir, sinks, faults, extra),
         port or free_port(),
         log_path=workdir / "hub.log",
         env={"DEMO_SHOP_SECRET": shop_secret, "DEMO_API_KEY": api_key},
     )
     console.print(
         f"[bold]ordersync demo[/bold]: {orders} orders, faults {'on' if faults else 'off'};"
-        f" work dir {workdir}"
+        f" channels shopify{''.join(', ' + d.kind for d in extra)}; work dir {workdir}"
     )
     hub.start()
     try:
         await hub.wait_ready()
-        summary = await _drive(hub, sinks, shop_secret, api_key, orders, faults, crash, console)
+        summary = await _drive(
+            hub, sinks, shop_secret, api_key, orders, faults, crash, console, extra
+        )
     finally:
         exit_code = hub.terminate()  # SIGTERM: drains and exits 0
         for sink in sinks.values():
             await sink.stop()
+        for driver in extra:
+            await driver.stop()
     summary["hub_exit_code"] = exit_code
     summary["workdir"] = str(workdir) if keep else None
     if not keep:
@@ -139,6 +155,7 @@ async def _drive(
     faults: bool,
     crash: bool,
     console: Console,
+    extra: list[ChannelDriver],
 ) -> dict[str, Any]:
     store = StoreSimulator(
         f"{hub.url}/v1/channels/{CHANNEL}/webhooks",
@@ -180,11 +197,15 @@ async def _drive(
         started = time.monotonic()
         async with store, aiohttp.ClientSession() as session:
             crasher = asyncio.create_task(crash_midway()) if crash else None
+            per_channel = max(10, orders // 5)
+            feeds = [asyncio.create_task(d.run(hub.url, per_channel, session)) for d in extra]
             report = await store.run(orders, lifecycle=True, on_accepted=on_accepted)
+            await asyncio.gather(*feeds)
             if crasher is not None:
                 await crasher
             await hub.wait_ready()
             client = HubClient(hub.url, api_key, session)
+            channel_problems = await _await_channels(client, extra)
             while (pending := await client.pending_deliveries()) > 0:
                 applied = sum(len(s.ledger) for s in sinks.values())
                 progress.update(delivered_task, completed=applied, total=applied + pending)
@@ -196,9 +217,29 @@ async def _drive(
             hub_deliveries = await client.all_pages("/v1/deliveries")
             webhooks = await client.metric("ordersync_webhooks_received_total")
             attempts = await client.metric("ordersync_delivery_attempts_total")
-    return _summarize(
+    summary = _summarize(
         report, hub_orders, hub_deliveries, sinks, webhooks, attempts, started, finished, crashed_at
     )
+    for d in extra:
+        summary[f"{d.kind}_orders"] = len(d.expected())
+    summary["lost"] += len(channel_problems)
+    summary["problems"] += channel_problems[:20]
+    return summary
+
+
+async def _await_channels(
+    client: HubClient, extra: list[ChannelDriver], timeout: float = 90.0
+) -> list[str]:
+    """Wait until the hub holds every extra channel's orders in their latest state (pulled
+    channels get there on the hub's schedule); what is still wrong at the deadline is lost."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problems: list[str] = []
+        for d in extra:
+            problems += check(d, await client.all_pages("/v1/orders", channel_id=d.id))
+        if not problems or time.monotonic() > deadline:
+            return problems
+        await asyncio.sleep(0.5)
 
 
 def _count(samples: dict[str, float], label: str) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import random
 import time
@@ -68,6 +69,21 @@ class HttpResponse:
     body: bytes
 
 
+def state_message_id(
+    external_id: str, modified: datetime | None, snapshot: OrderSnapshot | None
+) -> str:
+    """The inbox key of one state of a platform order: platform id, the platform's modified
+    time, and a fingerprint of what that state says. The same state pulled twice
+    (overlapping windows), or pushed and pulled, is one inbox record; two different states
+    stamped in the same second (platforms keep whole seconds: a WooCommerce order created
+    and paid at once) are two, so the second is never dropped as a repeat."""
+    stamp = modified.isoformat() if modified else "-"
+    if snapshot is None:
+        return f"{external_id}@{stamp}"
+    digest = hashlib.blake2b(repr(snapshot).encode(), digest_size=8).hexdigest()
+    return f"{external_id}@{stamp}#{digest}"
+
+
 @dataclass(frozen=True, slots=True)
 class PulledOrder:
     """One order as a pull returned it. `snapshot` None with `error` set: the platform sent
@@ -81,10 +97,7 @@ class PulledOrder:
 
     @property
     def message_id(self) -> str:
-        # The same state pulled twice (overlapping windows), or pushed and pulled, is one
-        # inbox record: platform id + the platform's modified time.
-        stamp = self.modified.isoformat() if self.modified else "-"
-        return f"{self.external_id}@{stamp}"
+        return state_message_id(self.external_id, self.modified, self.snapshot)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from ordersync.adapters.channels.shopify import parse_body
 from ordersync.config import ChannelConfig, WooCommerceChannel
 from ordersync.domain.order_status import OrderStatus, PaymentStatus
 from ordersync.domain.orders import Address, Customer, OrderLine, OrderSnapshot, Totals
+from ordersync.service.pull import state_message_id
 
 ORDER_TOPICS = frozenset({"order.created", "order.updated", "order.restored"})
 ORDERS_PATH = "/wp-json/wc/v3/orders"
@@ -285,7 +286,7 @@ class WooCommerceConnector:
             external_id = r.ident(r.required(payload, "id"), "id")
             # Keyed by the order's state, not by the delivery, so the same state pushed and
             # pulled is one inbox record.
-            message_id = f"{external_id}@{modified_at(payload).isoformat()}"
+            message_id = state_message_id(str(external_id), modified_at(payload), snapshot)
         except MappingError as e:
             raise InboundError(422, "invalid_payload", str(e), path=e.path) from None
         return InboundMessage(message_id, topic, snapshot, kept)
