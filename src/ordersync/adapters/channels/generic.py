@@ -66,6 +66,7 @@ from ordersync.adapters.channels.base import (
 from ordersync.config import ChannelConfig, GenericChannel
 from ordersync.domain.order_status import OrderStatus, PaymentStatus
 from ordersync.domain.orders import Address, Customer, OrderLine, OrderSnapshot, Totals
+from ordersync.service.pull import state_message_id
 
 FORMATS = ("json", "xml", "csv")
 TRANSFORMS = ("strip", "upper", "lower", "int", "decimal", "cents_to_decimal", "datetime")
@@ -561,9 +562,10 @@ def _csv_orders(
 
 
 def message_id(snapshot: OrderSnapshot, body: bytes) -> str:
-    """`<external id>@<updated time>` (as pulls key orders), else a digest of the body."""
+    """As pulls key orders (`<external id>@<updated time>#<state hash>`, so two states in the
+    same second stay two), else a digest of the body."""
     if snapshot.channel_updated_at is not None:
-        return f"{snapshot.external_id}@{snapshot.channel_updated_at.isoformat()}"
+        return state_message_id(str(snapshot.external_id), snapshot.channel_updated_at, snapshot)
     return f"{snapshot.external_id}#{hashlib.sha256(body).hexdigest()[:16]}"
 
 
