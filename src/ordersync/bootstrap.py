@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -38,6 +38,7 @@ from ordersync.service.outbox import EventRouter
 from ordersync.service.pull import ChannelPuller
 from ordersync.service.relay import OutboxRelay
 from ordersync.service.shipments import Carrier, ShipmentService
+from ordersync.service.singleton import SingletonTask
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,13 @@ class Hub:
     shipments: ShipmentService | None = None  # None: no carriers configured
     running: bool = False
     _gauge_task: asyncio.Task[None] | None = field(default=None, repr=False)
-    # Pull loops of the channels with a `pull` block (embedded role only; ADR 5).
+    # Pull loops of the channels with a `pull` block (ADR 5): in the embedded process, or
+    # in the one worker holding the "pull" lease (ADR 4).
     pullers: list[ChannelPuller] = field(default_factory=list)
     _pull_fetch: HttpFetch | None = field(default=None, repr=False)
     _pull_tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
+    # Work that runs in exactly one worker at a time, under named leases (ADR 4).
+    singletons: list[SingletonTask] = field(default_factory=list, repr=False)
 
     @property
     def dispatches(self) -> bool:
@@ -132,16 +136,50 @@ class Hub:
                 if self.lanes is not None:
                     await self.lanes.start()
         self._gauge_task = asyncio.create_task(self._refresh_gauges(), name="gauges")
-        if pull:
+        # The pull loops and the anomaly-timer sweep run in one process at a time. On
+        # PostgreSQL that is whoever holds a named lease: a worker, or an embedded `serve`
+        # sharing the database with extra workers. SQLite is one process by design.
+        leased = self.role in (Role.WORKER, Role.ALL) and not self.db.is_sqlite
+        if pull and self.role is Role.ALL and not leased:
             self._start_pulls()
+        elif pull and leased and self._pull_channels():
+            self._singleton("pull", self._start_pulls_async, self._stop_pulls)
         if self.shipments is not None:
-            # The anomaly-timer sweep runs where the pull loops do: the embedded process.
-            self.shipments.start(sweep=self.role is Role.ALL)
+            shipments = self.shipments
+            if leased:
+                shipments.start(sweep=False)
+
+                async def start_sweep() -> None:
+                    shipments.start(sweep=True)
+
+                self._singleton("shipments-sweep", start_sweep, shipments.stop)
+            else:
+                shipments.start(sweep=self.role is Role.ALL)
         self.running = True
 
+    def _singleton(
+        self, name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+    ) -> None:
+        task = SingletonTask(
+            name,
+            SqlRelayStore(self.db, name),
+            start,
+            stop,
+            ttl=self.settings.worker.relay_lease_seconds,
+            owner=self.deliveries.owner,
+        )
+        task.start()
+        self.singletons.append(task)
+
+    def _pull_channels(self) -> list[Any]:
+        return [c for c in self.settings.channels if c.pull is not None]
+
+    async def _start_pulls_async(self) -> None:
+        self._start_pulls()
+
     def _start_pulls(self) -> None:
-        channels = [c for c in self.settings.channels if c.pull is not None]
-        if self.role is not Role.ALL or not channels:
+        channels = self._pull_channels()
+        if not channels:
             return
         self._pull_fetch = HttpFetch()
         cursors = SqlCursorStore(self.db)
@@ -157,10 +195,14 @@ class Hub:
         self._pull_tasks = []
         if self._pull_fetch is not None:
             await self._pull_fetch.close()
+            self._pull_fetch = None
 
     async def stop(self) -> None:
         """Drain: finish queued commands, let in-flight deliveries complete and be recorded."""
         self.running = False
+        for singleton in self.singletons:  # stops its work, releases the lease at once
+            await singleton.stop()
+        self.singletons = []
         await self._stop_pulls()  # a page half-ingested is read again after a restart
         if self.shipments is not None:
             await self.shipments.stop()

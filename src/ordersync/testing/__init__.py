@@ -9,6 +9,7 @@ from ordersync.testing.fake_bus import (
     FakeBus,
     FakeBusError,
     FakeLaneStore,
+    FakeLeaseStore,
     FakeRelayStore,
     RecordingLaneConsumer,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "FakeInbox",
     "FakeIntegrityError",
     "FakeLaneStore",
+    "FakeLeaseStore",
     "FakeOrderRepository",
     "FakeRelayStore",
     "FakeSender",

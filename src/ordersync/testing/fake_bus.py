@@ -128,6 +128,39 @@ class FakeRelayStore:
         return close
 
 
+class FakeLeaseStore:
+    """One named lease in memory with epochs, shared by several `SingletonTask`s; tests can
+    make acquires fail and hand the lease to someone else (`steal`)."""
+
+    def __init__(self) -> None:
+        self.owner: str | None = None
+        self.epoch = 0
+        self.until_us = 0
+        self.fail_acquires = 0
+        self.acquires = 0
+
+    async def acquire(self, owner: str, now_us: int, ttl_us: int) -> int | None:
+        self.acquires += 1
+        if self.fail_acquires > 0:
+            self.fail_acquires -= 1
+            raise FakeBusError("database away (injected)")
+        if self.owner == owner and self.until_us >= now_us:
+            self.until_us = now_us + ttl_us
+            return self.epoch
+        if self.owner is None or self.owner == owner or self.until_us < now_us:
+            self.owner, self.epoch, self.until_us = owner, self.epoch + 1, now_us + ttl_us
+            return self.epoch
+        return None
+
+    async def release(self, owner: str) -> None:
+        if self.owner == owner:
+            self.until_us = 0
+
+    def steal(self, owner: str, until_us: int) -> None:
+        """Someone else takes the lease (as after our lease lapsed)."""
+        self.owner, self.epoch, self.until_us = owner, self.epoch + 1, until_us
+
+
 class FakeLaneStore:
     """Lane leases and heartbeats in memory, shared by several `LaneAssigner`s."""
 

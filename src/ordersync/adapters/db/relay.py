@@ -26,6 +26,12 @@ _ACQUIRE = text(
     RETURNING epoch
     """
 )
+# Named leases other than the relay's ('outbox', made by migration 0002) get their row on
+# first use.
+_ENSURE = text(
+    "INSERT INTO relay_lease (name, owner, epoch, until_us) VALUES (:name, NULL, 0, 0)"
+    " ON CONFLICT (name) DO NOTHING"
+)
 _UNPUBLISHED = text(
     """
     SELECT e.seq, e.id, e.order_id, e.created_us, d.seq, d.destination_id
@@ -46,21 +52,28 @@ _MARK = text(
 
 
 class SqlRelayStore:
+    """The relay's lease row `name` (and its outbox queries). With another `name` it is a
+    plain named lease with epochs, as `SingletonTask` uses (service/singleton.py)."""
+
     def __init__(self, db: Database, name: str = "outbox") -> None:
         if db.is_sqlite:
             raise ValueError("the outbox relay needs PostgreSQL (broker mode)")
         self.db = db
         self.name = name
+        self._ensured = False
 
     async def acquire(self, owner: str, now_us: int, ttl_us: int) -> int | None:
         """Our epoch if we hold the lease now, else None."""
         async with self.db.write() as conn:
+            if not self._ensured:
+                await conn.execute(_ENSURE, {"name": self.name})
             row = (
                 await conn.execute(
                     _ACQUIRE,
                     {"me": owner, "now": now_us, "until": now_us + ttl_us, "name": self.name},
                 )
             ).first()
+        self._ensured = True
         return int(row[0]) if row else None
 
     async def release(self, owner: str) -> None:

@@ -1,0 +1,114 @@
+"""Work that must run in exactly one process at a time, held by a named lease (ADR 4).
+
+Every worker runs a `SingletonTask` per role (the channel pull loops, the shipment timer
+sweep); only the holder of the lease runs the work. The runner tries to take or renew the
+lease every third of its `ttl`; it starts the work when it gets the lease and stops it at once
+when a renewal fails, hangs or finds the lease gone, so the work stops before the lease can
+expire under it (a stalled process that wakes after a takeover finds its renewal refused: the
+epoch is the fencing token). A clean stop releases the lease, so a stand-by takes over on its
+next try instead of waiting for the lease to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from ordersync.clock import to_us, utcnow
+from ordersync.ids import new_id
+
+log = logging.getLogger(__name__)
+
+
+class LeaseStore(Protocol):
+    """One named lease: `acquire` takes or extends it (our epoch) or returns None."""
+
+    async def acquire(self, owner: str, now_us: int, ttl_us: int) -> int | None: ...
+    async def release(self, owner: str) -> None: ...
+
+
+class SingletonTask:
+    def __init__(
+        self,
+        name: str,
+        lease_store: LeaseStore,
+        start: Callable[[], Awaitable[None]],
+        stop: Callable[[], Awaitable[None]],
+        *,
+        ttl: float = 3.0,
+        owner: str | None = None,
+    ) -> None:
+        self.name = name
+        self.store = lease_store
+        self._start_work = start
+        self._stop_work = stop
+        self.ttl_us = int(ttl * 1e6)
+        self.every = ttl / 3
+        self.owner = owner or new_id("sgl")
+        self.epoch: int | None = None  # the epoch our running work belongs to
+        self._held_until = 0.0  # loop time when our last renewal runs out
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> bool:
+        """True while this process runs the work."""
+        return self.epoch is not None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"singleton-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop the work if it runs here and release the lease for a stand-by."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self.active:
+            await self._halt()
+            with contextlib.suppress(Exception):
+                await self.store.release(self.owner)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        ttl = self.ttl_us / 1e6
+        while True:
+            asked = loop.time()
+            # While we run the work, a renewal that has not answered shortly before the last
+            # one runs out counts as failed: the work stops while the lease still covers it.
+            timeout = max(self._held_until - asked - self.every / 2, 0.01) if self.active else ttl
+            try:
+                epoch = await asyncio.wait_for(
+                    self.store.acquire(self.owner, to_us(utcnow()), self.ttl_us), timeout
+                )
+            except Exception:
+                log.warning("lease %r: renewal failed", self.name, exc_info=True)
+                epoch = None
+            if self.active and epoch != self.epoch:
+                # Lost, or lapsed and retaken under a new epoch (someone may have run in
+                # between): stop, and start again below if we hold it now.
+                log.info("lease %r: %s lost it; stopping", self.name, self.owner)
+                await self._halt()
+            if epoch is not None:
+                self._held_until = asked + ttl
+            if epoch is not None and not self.active:
+                log.info("lease %r: %s takes it (epoch %d)", self.name, self.owner, epoch)
+                self.epoch = epoch
+                try:
+                    await self._start_work()
+                except Exception:
+                    log.warning("lease %r: starting the work failed", self.name, exc_info=True)
+                    await self._halt()
+                    with contextlib.suppress(Exception):
+                        await self.store.release(self.owner)
+            await asyncio.sleep(self.every)
+
+    async def _halt(self) -> None:
+        try:
+            await self._stop_work()
+        except Exception:
+            log.warning("lease %r: stopping the work failed", self.name, exc_info=True)
+        self.epoch = None  # only now: if cancelled mid-stop, `stop` stops the work again
