@@ -91,6 +91,26 @@ class ShopifyChannel(_ChannelBase):
     kind: Literal["shopify"]
     secret: SecretStr
     shop_domain: str | None = None  # when set, X-Shopify-Shop-Domain must match
+    access_token: SecretStr | None = None  # Admin API token (X-Shopify-Access-Token), for pull
+    api_version: str = Field(default="2025-01", pattern=r"^(\d{4}-\d{2}|unstable)$")
+    # Where pulls go; default https://{shop_domain}. Set for a simulator or a proxy.
+    admin_url: str | None = Field(default=None, pattern=r"^https?://")
+
+    @model_validator(mode="after")
+    def _token_for_pull(self) -> ShopifyChannel:
+        if self.pull is not None:
+            if self.access_token is None:
+                raise ValueError("pull needs access_token")
+            if self.shop_domain is None and self.admin_url is None:
+                raise ValueError("pull needs shop_domain (or admin_url)")
+        return self
+
+    @property
+    def admin_base(self) -> str:
+        """The shop's Admin API origin, without a trailing slash."""
+        if self.admin_url is not None:
+            return self.admin_url.rstrip("/")
+        return f"https://{self.shop_domain}"
 
 
 class WooCommerceChannel(_ChannelBase):

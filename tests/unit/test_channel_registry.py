@@ -79,10 +79,10 @@ def channels(*raw: dict[str, Any]) -> list[ChannelConfig]:
 
 
 def test_built_in_connectors_declare_what_they_can_do() -> None:
-    """Shopify pushes, WooCommerce pushes and is pulled, Taobao (TOP) is pulled."""
+    """Shopify and WooCommerce push and are pulled, Taobao (TOP) is pulled."""
     capabilities = {kind: c.capabilities for kind, c in BUILTIN.items()}
 
-    assert capabilities["shopify"] == {Capability.PUSH}
+    assert capabilities["shopify"] == {Capability.PUSH, Capability.PULL}
     assert capabilities["woocommerce"] == {Capability.PUSH, Capability.PULL}
     assert capabilities["taobao"] == {Capability.PULL}
     assert all(isinstance(c, ChannelConnector) for c in BUILTIN.values())

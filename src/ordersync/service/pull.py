@@ -105,6 +105,13 @@ class PullPage:
     orders: tuple[PulledOrder, ...]
     total_pages: int  # of the whole window at this page size, as the platform counts now
     total: int | None = None  # orders in the whole window, when the platform says
+    # Cursor pagination (e.g. Shopify's Link header): the request for the next page, which
+    # the engine follows forward instead of counting pages. Only for pages sorted by
+    # modified time ascending: after each page a restart resumes the window from the last
+    # modified time read (cursor links may expire, and the cursor table keeps no token).
+    next_request: HttpRequest | None = None
+    # Seconds to wait before the next request: the platform said its limit is nearly used.
+    slow_down: float = 0.0
 
 
 class PullError(Exception):
@@ -289,7 +296,9 @@ class ChannelPuller:
                 first = await self._page(window, 1)
                 self.stats.windows += 1
                 await self._ingest(first)
-                if first.total_pages <= 1:
+                if first.next_request is not None:
+                    await self._follow(cursor.watermark, window, first, on_page)
+                if first.total_pages <= 1 or first.next_request is not None:
                     cursor = Cursor(watermark=window.end)
                     await self.cursors.save(cid, self.name, cursor)
                     continue
@@ -305,6 +314,8 @@ class ChannelPuller:
             while cursor.page >= 1:
                 last = await self._page(current, cursor.page)
                 await self._ingest(last)
+                if last.next_request is not None:
+                    await self._follow(cursor.watermark, current, last, on_page)
                 cursor = dataclasses.replace(cursor, page=cursor.page - 1)
                 await self.cursors.save(cid, self.name, cursor)
                 if on_page is not None:
@@ -320,6 +331,27 @@ class ChannelPuller:
             counted = None
             cursor = Cursor(watermark=current.end)
             await self.cursors.save(cid, self.name, cursor)
+
+    async def _follow(
+        self,
+        watermark: datetime,
+        window: Window,
+        page: PullPage,
+        on_page: Callable[[PullStats], None] | None,
+    ) -> None:
+        """Follow a cursor-paginated window forward from `page` (already ingested). After
+        each page the window is saved as starting at the last modified time read, page 1:
+        a restart re-reads from there (the inbox dedupes the orders at that very time)."""
+        cid = self.source.channel_id
+        while page.next_request is not None:
+            read_to = max((o.modified for o in page.orders if o.modified is not None), default=None)
+            if read_to is not None and read_to > window.start:
+                window = Window(read_to, window.end)
+                await self.cursors.save(cid, self.name, Cursor(watermark, window, 1))
+            page = await self._page(window, 1, page.next_request)
+            await self._ingest(page)
+            if on_page is not None:
+                on_page(self.stats)
 
     @staticmethod
     def _grew(counted: int | None, page_one: PullPage) -> bool:
@@ -347,14 +379,16 @@ class ChannelPuller:
             return None
         return Window(start, end)
 
-    async def _page(self, window: Window, page: int) -> PullPage:
+    async def _page(
+        self, window: Window, page: int, request: HttpRequest | None = None
+    ) -> PullPage:
         attempt = 0
         while True:
             await self.bucket.acquire()
             try:
-                response = await self.fetch(
-                    self.source.request(window, page, self.settings.page_size)
-                )
+                if request is None:
+                    request = self.source.request(window, page, self.settings.page_size)
+                response = await self.fetch(request)
                 result = self.source.read(response, self.settings.page_size)
             except Throttled as e:
                 self.stats.throttled += 1
@@ -369,6 +403,8 @@ class ChannelPuller:
                 self.bucket.pause(delay)
                 continue
             self.stats.pages += 1
+            if result.slow_down > 0:
+                self.bucket.pause(result.slow_down)
             return result
 
     async def _ingest(self, page: PullPage) -> None:

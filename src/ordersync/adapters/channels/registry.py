@@ -22,7 +22,6 @@ from ordersync.adapters.channels.base import (
     HttpResponse,
     InboundError,
     InboundMessage,
-    PullError,
     PullPage,
     StatusRule,
     StatusTable,
@@ -55,12 +54,13 @@ class PluginError(Exception):
 
 
 class ShopifyConnector:
-    """Shopify orders webhooks. Shopify's order status is derived from several fields
+    """Shopify orders webhooks, and pulls through the Admin REST orders endpoint (cursor
+    pagination, see `shopify.pull_request`). Shopify's order status is derived from several fields
     (financial_status, fulfillment_status, cancelled_at), so its table holds the
     financial_status values; the rest is fixed in `shopify._status`."""
 
     kind = "shopify"
-    capabilities = frozenset({Capability.PUSH})
+    capabilities = frozenset({Capability.PUSH, Capability.PULL})
     default_statuses = StatusTable(
         {
             name: StatusRule(
@@ -117,12 +117,16 @@ class ShopifyConnector:
     def pull_request(
         self, channel: ChannelConfig, window: Window, page: int, page_size: int
     ) -> HttpRequest:
-        raise PullError("the Shopify connector does not pull yet")
+        assert isinstance(channel, ShopifyChannel)
+        return shopify.pull_request(channel, window, page, page_size)
 
     def pull_response(
         self, channel: ChannelConfig, response: HttpResponse, page_size: int
     ) -> PullPage:
-        raise PullError("the Shopify connector does not pull yet")
+        assert isinstance(channel, ShopifyChannel)
+        return shopify.pull_response(
+            channel, response, page_size, payments=_shopify_payments(channel)
+        )
 
 
 def _shopify_payments(channel: ShopifyChannel) -> Mapping[str, PaymentStatus] | None:

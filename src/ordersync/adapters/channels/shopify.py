@@ -14,14 +14,27 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
 from ordersync.domain.order_status import PAYMENT_SECURED, OrderStatus, PaymentStatus
 from ordersync.domain.orders import Address, Customer, OrderLine, OrderSnapshot, Totals
+from ordersync.service.pull import (
+    HttpRequest,
+    HttpResponse,
+    PulledOrder,
+    PullError,
+    PullPage,
+    Throttled,
+    Window,
+)
+
+if TYPE_CHECKING:
+    from ordersync.config import ShopifyChannel
 
 TOPICS: frozenset[str] = frozenset(
     {
@@ -410,3 +423,178 @@ def decode_order(
         return map_order(channel_id, payload, payments)
     except InexactNumber:
         return map_order(channel_id, parse_body(body), payments)
+
+
+# ---- pull: the Admin REST orders endpoint (sans-I/O; the engine in service/pull.py sends) ---
+
+# GET /admin/api/{version}/orders.json: cursor pagination through the Link header (rel
+# "next" / "previous", a `page_info` token that carries the filters, so a request with it may
+# add only `limit` and `fields`), at most 250 orders a page, REST calls counted in a leaky
+# bucket reported as X-Shopify-Shop-Api-Call-Limit: "used/size" (40 leaking 2 a second on
+# the standard plan; larger plans scale both), and 429 with Retry-After once it overflows.
+ORDERS_PATH = "/admin/api/{version}/orders.json"
+MAX_LIMIT = 250
+# Once the call bucket is this full, wait until it has drained to half before the next call.
+SLOW_DOWN_AT = 0.8
+
+_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?([A-Za-z]+)"?')
+
+
+def orders_url(channel: ShopifyChannel) -> str:
+    return channel.admin_base + ORDERS_PATH.format(version=channel.api_version)
+
+
+def _auth(channel: ShopifyChannel) -> tuple[tuple[str, str], ...]:
+    token = channel.access_token
+    if token is None:
+        raise PullError(f"channel {channel.id!r} has no access_token to pull with")
+    return (("X-Shopify-Access-Token", token.get_secret_value()), ("Accept", "application/json"))
+
+
+def _shop_time(t: datetime, *, up: bool) -> str:
+    """Whole seconds in UTC (Shopify keeps whole seconds); rounded outwards, since the
+    bounds are inclusive and a wider window only re-reads what the inbox dedupes."""
+    t = t.astimezone(UTC)
+    whole = t.replace(microsecond=0)
+    if up and whole < t:
+        whole += timedelta(seconds=1)
+    return whole.isoformat()
+
+
+def pull_request(channel: ShopifyChannel, window: Window, page: int, page_size: int) -> HttpRequest:
+    """The first page of the orders updated in `window`, oldest update first. Later pages
+    are the `next_request` of the page before (cursor pagination has no page numbers)."""
+    if page != 1:
+        raise PullError("Shopify pages by cursor (Link header); only page 1 is addressable")
+    return HttpRequest(
+        "GET",
+        orders_url(channel),
+        params=(
+            ("status", "any"),
+            ("updated_at_min", _shop_time(window.start, up=False)),
+            ("updated_at_max", _shop_time(window.end, up=True)),
+            ("order", "updated_at asc"),
+            ("limit", str(min(page_size, MAX_LIMIT))),
+        ),
+        headers=_auth(channel),
+    )
+
+
+def parse_link(header: str | None) -> dict[str, str]:
+    """A Link header as {rel: url}, e.g. {"previous": ..., "next": ...}."""
+    if not header:
+        return {}
+    return {rel.lower(): url for url, rel in _LINK.findall(header)}
+
+
+def page_info(url: str) -> str | None:
+    """The page_info token of a Link URL, exactly as given."""
+    values = [
+        v for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True) if k == "page_info"
+    ]
+    return values[0] if values and values[0] else None
+
+
+def next_request(
+    channel: ShopifyChannel, response: HttpResponse, page_size: int
+) -> HttpRequest | None:
+    """The request for the page after this response, or None on the last page. Sent to the
+    configured shop (only the token is taken from the link, never its host)."""
+    url = parse_link(response.headers.get("link")).get("next")
+    token = page_info(url) if url else None
+    if token is None:
+        return None
+    return HttpRequest(
+        "GET",
+        orders_url(channel),
+        params=(("limit", str(min(page_size, MAX_LIMIT))), ("page_info", token)),
+        headers=_auth(channel),
+    )
+
+
+def call_limit_pause(header: str | None) -> float:
+    """Seconds to wait after a call given X-Shopify-Shop-Api-Call-Limit ("used/size"): none
+    while below SLOW_DOWN_AT, else until the bucket has drained to half (it leaks size/20
+    calls a second: 40 at 2/s, 80 at 4/s, 400 at 20/s)."""
+    if not header:
+        return 0.0
+    used, _, size = header.strip().partition("/")
+    if not (used.isdigit() and size.isdigit()) or int(size) == 0:
+        return 0.0
+    n, cap = int(used), int(size)
+    if n < SLOW_DOWN_AT * cap:
+        return 0.0
+    return (n - cap / 2) / (cap / 20)
+
+
+def _raise_for_status(response: HttpResponse) -> None:
+    if response.status == 200:
+        return
+    if response.status == 429 or response.status >= 500:
+        after = response.headers.get("retry-after")
+        try:
+            delay = float(after) if after else None
+        except ValueError:
+            delay = None
+        raise Throttled(f"Shopify answered {response.status}", delay)
+    detail = response.body[:300].decode("utf-8", "replace")
+    raise PullError(f"Shopify answered {response.status}: {detail}")
+
+
+def pull_response(
+    channel: ShopifyChannel,
+    response: HttpResponse,
+    page_size: int,
+    payments: Mapping[str, PaymentStatus] | None = None,
+) -> PullPage:
+    """One page of orders, each the same resource the webhooks carry (mapped alike)."""
+    _raise_for_status(response)
+    try:
+        pulled = _pulled_orders(channel.id, response.body, payments, exact=False)
+    except (orjson.JSONDecodeError, InexactNumber):
+        # An id beyond 64 bits or a float amount: read the whole page exactly.
+        try:
+            pulled = _pulled_orders(channel.id, response.body, payments, exact=True)
+        except MappingError as e:
+            raise PullError(f"the orders endpoint answered an unreadable page: {e}") from None
+    following = next_request(channel, response, page_size)
+    return PullPage(
+        pulled,
+        1 if pulled or following else 0,
+        next_request=following,
+        slow_down=call_limit_pause(response.headers.get("x-shopify-shop-api-call-limit")),
+    )
+
+
+def _pulled_orders(
+    channel_id: str, body: bytes, payments: Mapping[str, PaymentStatus] | None, *, exact: bool
+) -> tuple[PulledOrder, ...]:
+    data = parse_body(body) if exact else orjson.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("orders"), list):
+        raise PullError('the orders endpoint did not answer {"orders": [...]}')
+    return tuple(_pulled(channel_id, o, payments) for o in data["orders"])
+
+
+def _pulled(
+    channel_id: str, order: Any, payments: Mapping[str, PaymentStatus] | None
+) -> PulledOrder:
+    raw = _raw(order)
+    external_id, modified = "?", None
+    try:
+        if not isinstance(order, dict):
+            raise MappingError("$", "expected an order object")
+        external_id = _id(_required(order, "id"), "id") or "?"
+        modified = _time(_required(order, "updated_at"), "updated_at")
+        return PulledOrder(external_id, modified, map_order(channel_id, order, payments), raw)
+    except InexactNumber:
+        raise  # a float: the caller reads the page again exactly (parse_body)
+    except MappingError as e:
+        # Kept with its id and time when those read, so the inbox shows what was refused.
+        return PulledOrder(external_id, modified, None, raw, error=str(e))
+
+
+def _raw(order: Any) -> bytes:
+    try:
+        return orjson.dumps(order, default=str)
+    except TypeError:  # an integer beyond 64 bits (orjson.JSONEncodeError is a TypeError)
+        return json.dumps(order, default=str, ensure_ascii=False).encode()
