@@ -27,6 +27,8 @@ from urllib.parse import parse_qs, urlencode
 import aiohttp
 from aiohttp import web
 
+from ordersync.simulators.server import LoopbackServer
+
 CHINA = timezone(timedelta(hours=8))
 KINDS = ("kdniao", "kuaidi100", "generic")
 
@@ -224,7 +226,7 @@ def generic_push_body(parcel: SimParcel, traces: Sequence[SimTrace], now: dateti
     return json.dumps(event, ensure_ascii=False).encode()
 
 
-class CarrierSimulator:
+class CarrierSimulator(LoopbackServer):
     """The three carriers on one aiohttp server; `push` sends signed callbacks out."""
 
     def __init__(
@@ -264,19 +266,6 @@ class CarrierSimulator:
         if self.base_url is None:
             raise RuntimeError("carrier simulator is not started")
         return f"{self.base_url}/{kind}"
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{bound_host}:{bound_port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def _new_number(self, prefix: str) -> str:
         return f"{prefix}{7_700_000_000_000 + next(self._numbers)}"

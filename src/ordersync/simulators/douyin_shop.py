@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from ordersync.adapters.channels.douyin import OK, SEARCH_METHOD, event_sign, verify_call
+from ordersync.simulators.server import LoopbackServer
 
 __all__ = ["DouyinShop", "make_order"]
 
@@ -73,7 +74,7 @@ def make_order(
     return order
 
 
-class DouyinShop:
+class DouyinShop(LoopbackServer):
     """The open API (`app`) plus a message pusher; orders are edited with `put`/`update`."""
 
     def __init__(
@@ -183,19 +184,6 @@ class DouyinShop:
         part = chosen[page * size : (page + 1) * size]
         data = {"shop_order_list": part, "page": page, "size": size, "total": len(chosen)}
         return _json({"code": OK, "msg": "success", "data": data, "log_id": "sim"})
-
-    async def start(self, port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        host, bound = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{bound}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 def _error(code: int, msg: str, sub_code: str) -> web.Response:

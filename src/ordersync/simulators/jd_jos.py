@@ -24,6 +24,7 @@ from ordersync.adapters.channels.jd import (
     sign,
     verify_sign,
 )
+from ordersync.simulators.server import LoopbackServer
 
 __all__ = ["JosGateway", "make_order", "sign"]
 
@@ -81,7 +82,7 @@ def make_order(
     return order
 
 
-class JosGateway:
+class JosGateway(LoopbackServer):
     """The gateway: `app` serves /routerjson; orders are edited through `put`/`update`."""
 
     def __init__(
@@ -173,19 +174,6 @@ class JosGateway:
             "orderTotal": len(chosen),
         }
         return _answer({RESPONSE_KEY: {"code": "0", "searchorderinfo_result": result}})
-
-    async def start(self, port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        host, bound = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{bound}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def signed_params(self, params: Mapping[str, str]) -> dict[str, str]:
         """`params` with the sign a client would add (for tests of the gateway itself)."""

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ordersync.simulators.server import LoopbackServer
 from ordersync.simulators.shopify_store import API_VERSION, OrderFactory, encode
 
 ORDERS_PATH = "/admin/api/{version}/orders.json"
@@ -59,7 +60,7 @@ def _error(status: int, errors: bytes, headers: dict[str, str] | None = None) ->
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
-class ShopifyAdmin:
+class ShopifyAdmin(LoopbackServer):
     """The shop's Admin REST API on loopback; `orders` is its data (id -> order resource)."""
 
     def __init__(
@@ -193,16 +194,3 @@ class ShopifyAdmin:
                 continue
             found.append(order)
         return found
-
-    async def start(self, port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        host, bound = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{bound}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None

@@ -18,6 +18,7 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 from ordersync.adapters.channels.taobao import CHINA, INCREMENT_METHOD, sign, top_time, verify_sign
+from ordersync.simulators.server import LoopbackServer
 
 __all__ = ["TopGateway", "make_trade", "sign"]
 
@@ -78,7 +79,7 @@ def make_trade(
     return trade
 
 
-class TopGateway:
+class TopGateway(LoopbackServer):
     """The gateway: `app` serves /router/rest; trades are edited through `put`/`update`."""
 
     def __init__(
@@ -170,19 +171,6 @@ class TopGateway:
         else:
             body["total_results"] = len(chosen)
         return _answer(fmt, {"trades_sold_increment_get_response": body})
-
-    async def start(self, port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        host, bound = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{bound}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def signed_params(self, params: Mapping[str, str], method: str = "md5") -> dict[str, str]:
         """`params` with the sign a client would add (for tests of the gateway itself)."""

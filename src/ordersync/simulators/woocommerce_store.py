@@ -24,6 +24,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from ordersync.simulators.server import LoopbackServer
+
 ORDERS_PATH = "/wp-json/wc/v3/orders"
 
 
@@ -121,7 +123,7 @@ def make_order(
     }
 
 
-class WooStore:
+class WooStore(LoopbackServer):
     """The store: `app` serves the REST API; `send` pushes a signed webhook."""
 
     def __init__(
@@ -210,19 +212,6 @@ class WooStore:
         body = encode(chosen[(page - 1) * per_page : page * per_page])
         headers = {"X-WP-Total": str(len(chosen)), "X-WP-TotalPages": str(pages)}
         return web.Response(body=body, content_type="application/json", headers=headers)
-
-    async def start(self, port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        host, bound = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{bound}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # ---- webhooks -------------------------------------------------------------------
     def webhook(

@@ -134,6 +134,23 @@ def statuses_for(defaults: StatusTable, channel: ChannelConfig) -> StatusTable:
     return table
 
 
+class PullOnly:
+    """For connectors whose platform pushes through its own message service rather than
+    HTTP webhooks: the webhook route answers 404 `push_not_supported`."""
+
+    kind: str
+
+    def verify(self, channel: ChannelConfig, headers: Mapping[str, str], body: bytes) -> bool:
+        return False
+
+    def parse(
+        self, channel: ChannelConfig, headers: Mapping[str, str], body: bytes
+    ) -> InboundMessage:
+        raise InboundError(
+            404, "push_not_supported", f"{self.kind} channels are pulled, not pushed"
+        )
+
+
 # ---- pulling: the engine's types (service/pull.py), re-exported for connector authors ----
 
 

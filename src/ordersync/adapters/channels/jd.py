@@ -35,11 +35,10 @@ from ordersync.adapters.channels.base import (
     Capability,
     HttpRequest,
     HttpResponse,
-    InboundError,
-    InboundMessage,
     MappingError,
     PulledOrder,
     PullError,
+    PullOnly,
     PullPage,
     StatusRule,
     StatusTable,
@@ -231,20 +230,12 @@ def _address(value: Any, path: str) -> Address | None:
 # ---- the connector ----------------------------------------------------------------------
 
 
-class JdConnector:
+class JdConnector(PullOnly):
     """Pull only: JOS pushes through its own message service (JMQ), not HTTP webhooks."""
 
     kind = "jd"
     capabilities = frozenset({Capability.PULL})
     default_statuses = DEFAULT_STATUSES
-
-    def verify(self, channel: ChannelConfig, headers: Mapping[str, str], body: bytes) -> bool:
-        return False
-
-    def parse(
-        self, channel: ChannelConfig, headers: Mapping[str, str], body: bytes
-    ) -> InboundMessage:
-        raise InboundError(404, "push_not_supported", "jd channels are pulled, not pushed")
 
     def pull_request(
         self,

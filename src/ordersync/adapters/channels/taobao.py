@@ -35,11 +35,10 @@ from ordersync.adapters.channels.base import (
     Capability,
     HttpRequest,
     HttpResponse,
-    InboundError,
-    InboundMessage,
     MappingError,
     PulledOrder,
     PullError,
+    PullOnly,
     PullPage,
     StatusRule,
     StatusTable,
@@ -282,20 +281,12 @@ def _address(trade: Mapping[str, Any], path: str) -> Address | None:
 # ---- the connector ----------------------------------------------------------------------
 
 
-class TaobaoConnector:
+class TaobaoConnector(PullOnly):
     """Pull only: TOP pushes through its message service (TMC), not HTTP webhooks."""
 
     kind = "taobao"
     capabilities = frozenset({Capability.PULL})
     default_statuses = DEFAULT_STATUSES
-
-    def verify(self, channel: ChannelConfig, headers: Mapping[str, str], body: bytes) -> bool:
-        return False
-
-    def parse(
-        self, channel: ChannelConfig, headers: Mapping[str, str], body: bytes
-    ) -> InboundMessage:
-        raise InboundError(404, "push_not_supported", "taobao channels are pulled, not pushed")
 
     def pull_request(
         self,
