@@ -8,12 +8,17 @@ are tested with plain bytes and platforms' quirks stay in one file per platform.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ordersync.adapters.channels.shopify import MappingError
+import orjson
+
+from ordersync.adapters.channels.readers import required_obj
+from ordersync.adapters.channels.shopify import InexactNumber, MappingError
 from ordersync.domain.order_status import OrderStatus, PaymentStatus
 from ordersync.domain.orders import OrderSnapshot
 from ordersync.service.pull import (
@@ -132,6 +137,38 @@ def statuses_for(defaults: StatusTable, channel: ChannelConfig) -> StatusTable:
     if table is None:
         table = _merged[key] = defaults.with_overrides(dict(overrides))
     return table
+
+
+def pulled_order(
+    order: Any,
+    path: str,
+    *,
+    ident: Callable[[Mapping[str, Any], str], str],
+    modified: Callable[[Mapping[str, Any], str], datetime | None],
+    snapshot: Callable[[Mapping[str, Any], str], OrderSnapshot | None],
+    raw: bytes | None = None,
+) -> PulledOrder:
+    """One order of a pull page, mapped. An order that cannot be mapped is kept raw with
+    its error (and with its id and time when those read), so the inbox shows what was
+    refused instead of the pull stalling on it."""
+    raw = orjson.dumps(order, default=str) if raw is None else raw
+    external_id, changed = "?", None
+    try:
+        found = required_obj(order, path)
+        external_id = ident(found, path)
+        changed = modified(found, path)
+        return PulledOrder(external_id, changed, snapshot(found, path), raw)
+    except InexactNumber:
+        raise  # a float where an exact number belongs: the caller re-reads the page exactly
+    except MappingError as e:
+        return PulledOrder(external_id, changed, None, raw, error=str(e))
+
+
+def numbered_page(
+    pulled: tuple[PulledOrder, ...], total: int, page_size: int, max_page_size: int
+) -> PullPage:
+    """A page of a platform that reports its total count: the page count follows from it."""
+    return PullPage(pulled, math.ceil(total / min(page_size, max_page_size)), total)
 
 
 class PullOnly:

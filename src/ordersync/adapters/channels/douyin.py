@@ -20,7 +20,6 @@ Facts of the wire format this relies on:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -47,6 +46,8 @@ from ordersync.adapters.channels.base import (
     StatusTable,
     Throttled,
     Window,
+    numbered_page,
+    pulled_order,
     statuses_for,
 )
 from ordersync.config import ChannelConfig, DouyinChannel
@@ -242,15 +243,13 @@ def _address(order: Mapping[str, Any], path: str) -> Address | None:
         part = r.obj(addr.get(key), r.at(apath, key))
         return r.text(part.get("name"), r.at(apath, f"{key}.name")) if part else None
 
-    city_parts = [named("city"), named("town"), named("street")]
-    address = Address(
+    return r.china_address(
         name=r.text(order.get("post_receiver"), r.at(path, "post_receiver")),
         line1=r.text(addr.get("detail"), r.at(apath, "detail")),
-        city=" ".join(p for p in city_parts if p) or None,
+        city_parts=[named("city"), named("town"), named("street")],
         region=named("province"),
         phone=r.text(order.get("post_tel"), r.at(path, "post_tel")),
     )
-    return None if address == Address() else dataclasses.replace(address, country_code="CN")
 
 
 # ---- the connector ----------------------------------------------------------------------
@@ -369,17 +368,14 @@ class DouyinConnector:
             for i, o in enumerate(orders)
         )
         total = r.integer(body.get("total") or 0, "data.total")
-        size = min(page_size, MAX_PAGE_SIZE)
-        return PullPage(pulled, math.ceil(total / size), total)
+        return numbered_page(pulled, total, page_size, MAX_PAGE_SIZE)
 
 
 def _pulled(channel_id: str, order: Any, table: StatusTable, path: str) -> PulledOrder:
-    raw = orjson.dumps(order, default=str)
-    oid, modified = "?", None
-    try:
-        o = r.required_obj(order, path)
-        oid = order_id(o, path)
-        modified = unix_time(r.required(o, "update_time", path), r.at(path, "update_time"))
-        return PulledOrder(oid, modified, map_order(channel_id, o, table, path), raw)
-    except MappingError as e:
-        return PulledOrder(oid, modified, None, raw, error=str(e))
+    return pulled_order(
+        order,
+        path,
+        ident=order_id,
+        modified=lambda o, at: unix_time(r.required(o, "update_time", at), r.at(at, "update_time")),
+        snapshot=lambda o, at: map_order(channel_id, o, table, at),
+    )

@@ -18,24 +18,19 @@ Facts of the wire format this relies on:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import json
-import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
-
-import orjson
 
 from ordersync.adapters.channels import readers as r
 from ordersync.adapters.channels.base import (
     Capability,
     HttpRequest,
     HttpResponse,
-    MappingError,
     PulledOrder,
     PullError,
     PullOnly,
@@ -44,6 +39,8 @@ from ordersync.adapters.channels.base import (
     StatusTable,
     Throttled,
     Window,
+    numbered_page,
+    pulled_order,
     statuses_for,
 )
 from ordersync.config import ChannelConfig, JdChannel
@@ -216,15 +213,13 @@ def _address(value: Any, path: str) -> Address | None:
     def text(key: str) -> str | None:
         return r.text(info.get(key), r.at(path, key))
 
-    city_parts = [text("city"), text("county"), text("town")]
-    address = Address(
+    return r.china_address(
         name=text("fullname"),
         line1=text("fullAddress"),
-        city=" ".join(p for p in city_parts if p) or None,
+        city_parts=[text("city"), text("county"), text("town")],
         region=text("province"),
         phone=text("mobile") or text("telephone"),
     )
-    return None if address == Address() else dataclasses.replace(address, country_code="CN")
 
 
 # ---- the connector ----------------------------------------------------------------------
@@ -298,17 +293,14 @@ class JdConnector(PullOnly):
             _pulled(channel.id, o, table, f"orderInfoList[{i}]") for i, o in enumerate(orders)
         )
         total = r.integer(result.get("orderTotal") or 0, "orderTotal")
-        size = min(page_size, MAX_PAGE_SIZE)
-        return PullPage(pulled, math.ceil(total / size), total)
+        return numbered_page(pulled, total, page_size, MAX_PAGE_SIZE)
 
 
 def _pulled(channel_id: str, order: Any, table: StatusTable, path: str) -> PulledOrder:
-    raw = orjson.dumps(order, default=str)
-    oid, modified = "?", None
-    try:
-        o = r.required_obj(order, path)
-        oid = order_id(o, path)
-        modified = _time(r.required(o, "modified", path), r.at(path, "modified"))
-        return PulledOrder(oid, modified, map_order(channel_id, o, table, path), raw)
-    except MappingError as e:
-        return PulledOrder(oid, modified, None, raw, error=str(e))
+    return pulled_order(
+        order,
+        path,
+        ident=order_id,
+        modified=lambda o, at: _time(r.required(o, "modified", at), r.at(at, "modified")),
+        snapshot=lambda o, at: map_order(channel_id, o, table, at),
+    )

@@ -4,6 +4,7 @@ amounts never pass through float."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
@@ -11,6 +12,7 @@ from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, Inv
 from typing import Any
 
 from ordersync.adapters.channels.shopify import MappingError
+from ordersync.domain.orders import Address
 
 # Arithmetic that traps instead of rounding: a total that needs rounding is a bug to see.
 EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, InvalidOperation])
@@ -130,3 +132,26 @@ def currency(value: Any, path: str) -> str:
     if not isinstance(value, str) or len(value) != 3 or not value.isalpha():
         raise MappingError(path, f"expected an ISO 4217 code, got {value!r}")
     return value.upper()
+
+
+def china_address(
+    *,
+    name: str | None,
+    line1: str | None,
+    city_parts: list[str | None],
+    region: str | None,
+    phone: str | None,
+    postal_code: str | None = None,
+) -> Address | None:
+    """A mainland-China shipping address as the platforms split it (province, then city,
+    district and town as separate fields): the city parts joined, country CN; None when
+    the platform sent none of it."""
+    address = Address(
+        name=name,
+        line1=line1,
+        city=" ".join(p for p in city_parts if p) or None,
+        region=region,
+        postal_code=postal_code,
+        phone=phone,
+    )
+    return None if address == Address() else dataclasses.replace(address, country_code="CN")

@@ -16,11 +16,9 @@ Facts of the wire format this relies on:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import json
-import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -28,14 +26,11 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
 from ordersync.adapters.channels import readers as r
 from ordersync.adapters.channels.base import (
     Capability,
     HttpRequest,
     HttpResponse,
-    MappingError,
     PulledOrder,
     PullError,
     PullOnly,
@@ -44,6 +39,8 @@ from ordersync.adapters.channels.base import (
     StatusTable,
     Throttled,
     Window,
+    numbered_page,
+    pulled_order,
     statuses_for,
 )
 from ordersync.config import ChannelConfig, TaobaoChannel
@@ -266,16 +263,14 @@ def _address(trade: Mapping[str, Any], path: str) -> Address | None:
     def text(key: str) -> str | None:
         return r.text(trade.get(key), r.at(path, key))
 
-    city_parts = [text("receiver_city"), text("receiver_district"), text("receiver_town")]
-    address = Address(
+    return r.china_address(
         name=text("receiver_name"),
         line1=text("receiver_address"),
-        city=" ".join(p for p in city_parts if p) or None,
+        city_parts=[text("receiver_city"), text("receiver_district"), text("receiver_town")],
         region=text("receiver_state"),
         postal_code=text("receiver_zip"),
         phone=text("receiver_mobile") or text("receiver_phone"),
     )
-    return None if address == Address() else dataclasses.replace(address, country_code="CN")
 
 
 # ---- the connector ----------------------------------------------------------------------
@@ -336,18 +331,14 @@ class TaobaoConnector(PullOnly):
             _pulled(channel.id, t, table, f"trades.trade[{i}]") for i, t in enumerate(trades)
         )
         total = r.integer(body.get("total_results") or 0, "total_results")
-        size = min(page_size, MAX_PAGE_SIZE)
-        return PullPage(pulled, math.ceil(total / size), total)
+        return numbered_page(pulled, total, page_size, MAX_PAGE_SIZE)
 
 
 def _pulled(channel_id: str, trade: Any, table: StatusTable, path: str) -> PulledOrder:
-    raw = orjson.dumps(trade, default=str)
-    tid, modified = "?", None
-    try:
-        t = r.required_obj(trade, path)
-        tid = trade_id(t, path)
-        modified = _time(r.required(t, "modified", path), r.at(path, "modified"))
-        return PulledOrder(tid, modified, map_trade(channel_id, t, table, path), raw)
-    except MappingError as e:
-        # Kept with its id and time when those read, so the inbox shows what was refused.
-        return PulledOrder(tid, modified, None, raw, error=str(e))
+    return pulled_order(
+        trade,
+        path,
+        ident=trade_id,
+        modified=lambda t, at: _time(r.required(t, "modified", at), r.at(at, "modified")),
+        snapshot=lambda t, at: map_trade(channel_id, t, table, at),
+    )

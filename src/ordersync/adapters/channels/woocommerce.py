@@ -43,6 +43,7 @@ from ordersync.adapters.channels.base import (
     StatusTable,
     Throttled,
     Window,
+    pulled_order,
     statuses_for,
 )
 from ordersync.adapters.channels.shopify import parse_body
@@ -346,17 +347,13 @@ def _exact_list(body: bytes) -> list[Any]:
 
 
 def _pulled(channel_id: str, order: Any, table: StatusTable) -> PulledOrder:
-    raw = orjson.dumps(order, default=str)
-    external_id, modified = "?", None
-    try:
-        if not isinstance(order, dict):
-            raise MappingError("$", "expected an order object")
-        external_id = r.ident(r.required(order, "id"), "id") or "?"
-        modified = modified_at(order)
-        return PulledOrder(external_id, modified, map_order(channel_id, order, table), raw)
-    except MappingError as e:
-        # Kept with its id and time when those read, so the inbox shows what was refused.
-        return PulledOrder(external_id, modified, None, raw, error=str(e))
+    return pulled_order(
+        order,
+        "$",
+        ident=lambda o, _: r.ident(r.required(o, "id"), "id") or "?",
+        modified=lambda o, _: modified_at(o),
+        snapshot=lambda o, _: map_order(channel_id, o, table),
+    )
 
 
 def _raise_for_status(response: HttpResponse) -> None:
