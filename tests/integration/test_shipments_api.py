@@ -14,7 +14,7 @@ import pytest
 
 from ordersync.bootstrap import Hub, build_hub
 from ordersync.config import CarrierConfig
-from ordersync.simulators.carriers import CarrierSimulator, KdniaoAccount, SimTrace
+from ordersync.simulators.carriers import SAMPLE_JOURNEYS, CarrierSimulator, KdniaoAccount, SimTrace
 
 from .conftest import OPS_KEY, ClientFactory, Query, SettingsFactory
 from .test_orders_api import create, matcha_order, problem_of
@@ -24,27 +24,7 @@ H = timedelta(hours=1)
 KINDS = ["kdniao", "kuaidi100", "generic"]
 CARRIER_IDS = {"kdniao": "kdn-sf", "kuaidi100": "kd100-yt", "generic": "ezp-post"}
 CARRIER_CODES = {"kdniao": "SF", "kuaidi100": "yuantong", "generic": "PostCH"}
-# A parcel's journey in each carrier's own codes: (hours after booking, code, text, place).
-JOURNEYS = {
-    "kdniao": [
-        (2, "1", "【杭州市】顺丰速运 已收取快件", "杭州市"),
-        (9, "2", "快件已发往 长沙转运中心", "杭州市"),
-        (30, "202", "派件员 李师傅 正在派件", "长沙市"),
-        (33, "301", "已签收，签收人：本人", "长沙市"),
-    ],
-    "kuaidi100": [
-        (2, "103", "【上海市】圆通速递 已揽收", "上海市"),
-        (9, "1002", "快件离开 上海转运中心 已发往 北京", "上海市"),
-        (30, "501", "快件已由 北京朝阳区菜鸟驿站 代收", "北京市"),
-        (33, "304", "已从驿站取出，签收人：菜鸟驿站", "北京市"),
-    ],
-    "generic": [
-        (2, "pre_transit", "Shipment information received", "Zürich"),
-        (9, "in_transit", "Sendung in Verarbeitung, Härkingen", "Härkingen"),
-        (30, "out_for_delivery", "Unterwegs zur Zustellung", "Bern"),
-        (33, "delivered", "Zugestellt an Jürg Müller", "Bern"),
-    ],
-}
+JOURNEYS = SAMPLE_JOURNEYS
 
 
 class Clock:
