@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,14 @@ import httpx
 import pytest
 import uvicorn
 import yaml
-from sqlalchemy import text
 
 from ordersync.adapters.channels.generic import sign_body
-from ordersync.adapters.channels.pulling import BoundSource, HttpFetch
-from ordersync.adapters.channels.registry import connector_for
-from ordersync.adapters.db.pull_cursors import SqlCursorStore
-from ordersync.bootstrap import Hub, build_hub
-from ordersync.config import settings_from_mapping
+from ordersync.bootstrap import Hub
 from ordersync.entrypoints.api.app import create_app
-from ordersync.service.pull import ChannelPuller, PullError, PullSettings
+from ordersync.service.pull import PullError
 from ordersync.simulators.douyin_shop import DouyinShop
 from ordersync.simulators.jd_jos import JosGateway
+from ordersync.testing.pull_rig import PullRig, RigFactory, pull_rigs
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 JD_KEY, JD_SECRET, JD_TOKEN = "JDKEY01", "jos-secret-puer", "jd-token-1"
@@ -35,86 +30,23 @@ DY_KEY, DY_SECRET, DY_TOKEN = "7100000000000000001", "dy-secret-baicha", "dy-tok
 PULL = {"overlap": 60, "page_size": 2, "max_window": 600, "settle": 2}
 
 
-class Clock:
-    """The time the simulated platform and the puller agree on; tests move it."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@dataclass
-class Rig:
+class Rig(PullRig):
     """A hub on a SQLite file, with real HTTP fetching and database cursors."""
 
-    hub: Hub
-    fetch: HttpFetch
-    clock: Clock
-
-    def puller(self, channel_id: str, page_size: int = 2) -> ChannelPuller:
-        channel = self.hub.settings.channel(channel_id)
-        assert channel is not None
-        return ChannelPuller(
-            BoundSource(connector_for(channel.kind), channel),
-            self.fetch,
-            SqlCursorStore(self.hub.db),
-            self.hub.handle,
-            PullSettings(overlap=60, page_size=page_size, max_window=600, settle=2, lookback=3600),
-            clock=self.clock,
-            sleep=lambda _s: asyncio.sleep(0),
-        )
+    page_size = 2
 
     async def orders(self, channel_id: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
         """external_id -> (status, payment_status, document)."""
-        async with self.hub.db.read() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT external_id, status, payment_status, doc FROM orders"
-                    " WHERE channel_id = :c"
-                ),
-                {"c": channel_id},
-            )
-            found: dict[str, tuple[str, str, dict[str, Any]]] = {}
-            for ext, status, payment, doc in rows:
-                assert ext not in found, f"order {ext} stored twice"
-                found[ext] = (status, payment, json.loads(doc))
-            return found
-
-    async def inbox(self, channel_id: str) -> list[tuple[str, str]]:
-        async with self.hub.db.read() as conn:
-            rows = await conn.execute(
-                text("SELECT message_id, outcome FROM inbox WHERE source = :c ORDER BY message_id"),
-                {"c": channel_id},
-            )
-            return [(m, o) for m, o in rows]
-
-
-RigFactory = Callable[..., Awaitable[Rig]]
+        return {
+            ext: (o.status, o.payment_status, o.doc)
+            for ext, o in (await self.rows(channel_id)).items()
+        }
 
 
 @pytest.fixture
 async def rig_for(tmp_path: Path) -> AsyncIterator[RigFactory]:
-    made: list[Rig] = []
-
-    async def make(*channels: dict[str, Any]) -> Rig:
-        settings = settings_from_mapping(
-            {"database_url": f"sqlite:///{tmp_path}/hub.db", "channels": list(channels)}, env={}
-        )
-        hub = build_hub(settings)
-        await hub.start(dispatch=False, pull=False)
-        rig = Rig(hub, HttpFetch(timeout=10), Clock())
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.fetch.close()
-        await rig.hub.stop()
+    async with pull_rigs(f"sqlite:///{tmp_path}/hub.db", start=T0, rig_class=Rig) as make:
+        yield make
 
 
 async def serve_hub(hub: Hub) -> tuple[uvicorn.Server, asyncio.Task[None], int]:

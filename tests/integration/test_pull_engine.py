@@ -10,7 +10,6 @@ import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from ordersync.adapters.channels.pulling import BoundSource, HttpFetch
-from ordersync.adapters.channels.registry import connector_for
+from ordersync.adapters.channels.pulling import HttpFetch
 from ordersync.adapters.db.pull_cursors import SqlCursorStore
-from ordersync.bootstrap import Hub, build_hub
-from ordersync.config import ChannelConfig, Settings, settings_from_mapping
+from ordersync.bootstrap import build_hub
+from ordersync.config import Settings, settings_from_mapping
 from ordersync.entrypoints.api.app import create_app
 from ordersync.service.pull import (
-    ChannelPuller,
     Cursor,
     HttpRequest,
     HttpResponse,
@@ -39,6 +36,7 @@ from ordersync.service.pull import (
 )
 from ordersync.simulators.taobao_top import TopGateway
 from ordersync.simulators.woocommerce_store import WooStore
+from ordersync.testing.pull_rig import Crash, ManualClock, PullRig, RigFactory, pull_rigs
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 WC_KEY, WC_SECRET, WC_HOOK = "ck_teehaus", "cs_teehaus", "wc-hook-teehaus"
@@ -46,36 +44,11 @@ TOP_KEY, TOP_SECRET, TOP_SESSION = "12345678", "top-secret-longjing", "6100e2a9"
 QUICK = PullSettings(overlap=60, page_size=3, max_window=600, settle=2, lookback=3600)
 
 
-class Clock:
-    """The time the simulated platform and the puller agree on; tests move it."""
+class Clock(ManualClock):
+    """The shared manual clock, starting at T0 unless told otherwise."""
 
     def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class Crash(Exception):
-    """The process died here."""
-
-
-class CrashingFetch:
-    """Fetches for real, but the process "dies" after `pages` successful requests."""
-
-    def __init__(self, fetch: HttpFetch, pages: int | None) -> None:
-        self.fetch = fetch
-        self.left = pages
-
-    async def __call__(self, request: HttpRequest) -> HttpResponse:
-        if self.left is not None:
-            if self.left == 0:
-                raise Crash
-            self.left -= 1
-        return await self.fetch(request)
+        super().__init__(start)
 
 
 def woo_channel(store_url: str) -> dict[str, Any]:
@@ -108,67 +81,15 @@ def hub_settings(database_url: str, *channels: dict[str, Any]) -> Settings:
     return settings_from_mapping({"database_url": database_url, "channels": list(channels)}, env={})
 
 
-@dataclass
-class Rig:
+class Rig(PullRig):
     """A hub with the pull machinery around it: real HTTP, real database cursors."""
 
-    hub: Hub
-    fetch: HttpFetch
-    clock: Clock
-
-    def channel(self, channel_id: str) -> ChannelConfig:
-        found = self.hub.settings.channel(channel_id)
-        assert found is not None
-        return found
-
-    def puller(
-        self,
-        channel_id: str,
-        *,
-        crash_after: int | None = None,
-        page_size: int = 3,
-        sleep: Callable[[float], Any] | None = None,
-    ) -> ChannelPuller:
-        channel = self.channel(channel_id)
-        return ChannelPuller(
-            BoundSource(connector_for(channel.kind), channel),
-            CrashingFetch(self.fetch, crash_after),
-            SqlCursorStore(self.hub.db),
-            self.hub.handle,
-            PullSettings(
-                overlap=QUICK.overlap,
-                page_size=page_size,
-                max_window=QUICK.max_window,
-                settle=QUICK.settle,
-                lookback=QUICK.lookback,
-            ),
-            clock=self.clock,
-            sleep=sleep or (lambda _s: asyncio.sleep(0)),
-        )
-
-    async def orders(self, channel_id: str) -> dict[str, tuple[str, str, int, str | None]]:
+    async def orders(self, channel_id: str) -> dict[str, tuple[str, str, int | None, str | None]]:
         """external_id -> (status, payment_status, channel_updated_us, note)."""
-        async with self.hub.db.read() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT external_id, status, payment_status, channel_updated_us, doc"
-                    " FROM orders WHERE channel_id = :c"
-                ),
-                {"c": channel_id},
-            )
-            found: dict[str, tuple[str, str, int, str | None]] = {}
-            for ext, status, payment, updated, doc in rows:
-                assert ext not in found, f"order {ext} stored twice"
-                found[ext] = (status, payment, updated, json.loads(doc).get("note"))
-            return found
-
-    async def inbox(self, channel_id: str) -> list[tuple[str, str]]:
-        async with self.hub.db.read() as conn:
-            rows = await conn.execute(
-                text("SELECT message_id, outcome FROM inbox WHERE source = :c ORDER BY message_id"),
-                {"c": channel_id},
-            )
-            return [(m, o) for m, o in rows]
+        return {
+            ext: (o.status, o.payment_status, o.channel_updated_us, o.doc.get("note"))
+            for ext, o in (await self.rows(channel_id)).items()
+        }
 
 
 @pytest.fixture
@@ -190,20 +111,9 @@ async def top() -> AsyncIterator[TopGateway]:
 
 
 @pytest.fixture
-async def rig_for(database_url: str) -> AsyncIterator[Callable[..., Any]]:
-    made: list[Rig] = []
-
-    async def make(*channels: dict[str, Any]) -> Rig:
-        hub = build_hub(hub_settings(database_url, *channels))
-        await hub.start(dispatch=False, pull=False)
-        rig = Rig(hub, HttpFetch(timeout=10), Clock())
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.fetch.close()
-        await rig.hub.stop()
+async def rig_for(database_url: str) -> AsyncIterator[RigFactory]:
+    async with pull_rigs(database_url, start=T0, rig_class=Rig) as make:
+        yield make
 
 
 # ---- WooCommerce --------------------------------------------------------------------------

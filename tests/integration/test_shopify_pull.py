@@ -4,66 +4,24 @@ SQLite file (cursor pages, crashes between pages, throttling, late writes)."""
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
-from ordersync.adapters.channels.pulling import BoundSource, HttpFetch
-from ordersync.adapters.channels.registry import connector_for
 from ordersync.adapters.db.pull_cursors import SqlCursorStore
-from ordersync.bootstrap import Hub, build_hub
-from ordersync.config import settings_from_mapping
 from ordersync.service.pull import (
-    ChannelPuller,
-    Fetch,
-    HttpRequest,
-    HttpResponse,
     PullError,
-    PullSettings,
     TokenBucket,
 )
 from ordersync.simulators.shopify_admin import ShopifyAdmin
+from ordersync.testing.pull_rig import Crash, CrashingFetch, PullRig, RigFactory, pull_rigs
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 TOKEN = "shpat_teahouse_admin"
 CHANNEL = "shopify-teahouse"
-
-
-class Clock:
-    """The time the simulated shop and the puller agree on; tests move it."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class Crash(Exception):
-    """The process died here."""
-
-
-class CrashingFetch:
-    """Fetches for real, but the process "dies" after `pages` successful requests."""
-
-    def __init__(self, fetch: HttpFetch, pages: int) -> None:
-        self.fetch = fetch
-        self.left = pages
-
-    async def __call__(self, request: HttpRequest) -> HttpResponse:
-        if self.left == 0:
-            raise Crash
-        self.left -= 1
-        return await self.fetch(request)
 
 
 def shopify_channel(admin_url: str, token: str = TOKEN) -> dict[str, Any]:
@@ -79,61 +37,17 @@ def shopify_channel(admin_url: str, token: str = TOKEN) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Rig:
+class Rig(PullRig):
     """A hub on a SQLite file, with real HTTP fetching and database cursors."""
 
-    hub: Hub
-    fetch: HttpFetch
-    clock: Clock
+    page_size = 2
 
-    def puller(
-        self,
-        *,
-        fetch: Fetch | None = None,
-        sleep: Callable[[float], Awaitable[None]] | None = None,
-        bucket: TokenBucket | None = None,
-    ) -> ChannelPuller:
-        channel = self.hub.settings.channel(CHANNEL)
-        assert channel is not None
-
-        async def no_wait(_seconds: float) -> None:
-            await asyncio.sleep(0)
-
-        return ChannelPuller(
-            BoundSource(connector_for(channel.kind), channel),
-            fetch or self.fetch,
-            SqlCursorStore(self.hub.db),
-            self.hub.handle,
-            PullSettings(overlap=60, page_size=2, max_window=600, settle=2, lookback=3600),
-            bucket=bucket,
-            clock=self.clock,
-            sleep=sleep or no_wait,
-        )
-
-    async def orders(self) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    async def stored(self) -> dict[str, tuple[str, str, dict[str, Any]]]:
         """external_id -> (status, payment_status, document); fails on a duplicate."""
-        async with self.hub.db.read() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT external_id, status, payment_status, doc FROM orders"
-                    " WHERE channel_id = :c"
-                ),
-                {"c": CHANNEL},
-            )
-            found: dict[str, tuple[str, str, dict[str, Any]]] = {}
-            for ext, status, payment, doc in rows:
-                assert ext not in found, f"order {ext} stored twice"
-                found[ext] = (status, payment, json.loads(doc))
-            return found
-
-    async def inbox(self) -> list[str]:
-        async with self.hub.db.read() as conn:
-            rows = await conn.execute(
-                text("SELECT message_id FROM inbox WHERE source = :c ORDER BY message_id"),
-                {"c": CHANNEL},
-            )
-            return [m for (m,) in rows]
+        return {
+            ext: (o.status, o.payment_status, o.doc)
+            for ext, o in (await self.rows(CHANNEL)).items()
+        }
 
 
 @pytest.fixture
@@ -146,26 +60,12 @@ async def shop() -> AsyncIterator[ShopifyAdmin]:
 
 
 @pytest.fixture
-async def rig_for(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
-    made: list[Rig] = []
-
-    async def make(*channels: dict[str, Any]) -> Rig:
-        settings = settings_from_mapping(
-            {"database_url": f"sqlite:///{tmp_path}/hub.db", "channels": list(channels)}, env={}
-        )
-        hub = build_hub(settings)
-        await hub.start(dispatch=False, pull=False)
-        rig = Rig(hub, HttpFetch(timeout=10), Clock())
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.fetch.close()
-        await rig.hub.stop()
+async def rig_for(tmp_path: Path) -> AsyncIterator[RigFactory]:
+    async with pull_rigs(f"sqlite:///{tmp_path}/hub.db", start=T0, rig_class=Rig) as make:
+        yield make
 
 
-async def stocked(rig_for: Callable[..., Awaitable[Rig]], shop: ShopifyAdmin, n: int) -> Rig:
+async def stocked(rig_for: RigFactory, shop: ShopifyAdmin, n: int) -> Rig:
     """A rig whose shop holds `n` orders updated 5 s apart in the ten minutes before T0."""
     assert shop.base_url is not None
     rig = await rig_for(shopify_channel(shop.base_url))
@@ -176,19 +76,19 @@ async def stocked(rig_for: Callable[..., Awaitable[Rig]], shop: ShopifyAdmin, n:
 
 
 async def test_every_order_is_pulled_once_following_link_header_cursors(
-    rig_for: Callable[..., Awaitable[Rig]], shop: ShopifyAdmin
+    rig_for: RigFactory, shop: ShopifyAdmin
 ) -> None:
     """Seven orders, two a page: four cursor pages, each order stored once with its exact id."""
     rig = await stocked(rig_for, shop, 7)
-    puller = rig.puller()
+    puller = rig.puller(CHANNEL)
     await puller.start_at(T0 - timedelta(seconds=400))
 
     stats = await puller.catch_up()
 
-    stored = await rig.orders()
+    stored = await rig.stored()
     assert set(stored) == {str(i) for i in shop.orders}
     assert any(int(i) > 2**53 for i in stored)  # the factory mixes in ids beyond 2^53
-    assert len(await rig.inbox()) == 7
+    assert len(await rig.inbox(CHANNEL)) == 7
     assert stats.pages == 4
     first, *following = shop.requests
     assert first["status"] == "any"
@@ -197,28 +97,28 @@ async def test_every_order_is_pulled_once_following_link_header_cursors(
 
 
 async def test_a_pull_that_crashes_between_pages_resumes_and_stores_each_order_once(
-    rig_for: Callable[..., Awaitable[Rig]], shop: ShopifyAdmin
+    rig_for: RigFactory, shop: ShopifyAdmin
 ) -> None:
     """The saved window starts at the last updated_at read; the next process goes on there."""
     rig = await stocked(rig_for, shop, 7)
-    crashing = rig.puller(fetch=CrashingFetch(rig.fetch, pages=2))
+    crashing = rig.puller(CHANNEL, fetch=CrashingFetch(rig.fetch, pages=2))
     await crashing.start_at(T0 - timedelta(seconds=400))
 
     with pytest.raises(Crash):
         await crashing.catch_up()
     halfway = await SqlCursorStore(rig.hub.db).load(CHANNEL, "live")
-    await rig.puller().catch_up()
+    await rig.puller(CHANNEL).catch_up()
 
     assert halfway is not None
     assert halfway.window is not None
     assert halfway.window.start == T0 - timedelta(seconds=300 - 5 * 3)  # the 4th order's time
     assert halfway.page == 1
-    assert set(await rig.orders()) == {str(i) for i in shop.orders}
-    assert len(await rig.inbox()) == 7
+    assert set(await rig.stored()) == {str(i) for i in shop.orders}
+    assert len(await rig.inbox(CHANNEL)) == 7
 
 
 async def test_a_late_write_inside_the_overlap_is_read_by_the_next_window(
-    rig_for: Callable[..., Awaitable[Rig]], shop: ShopifyAdmin
+    rig_for: RigFactory, shop: ShopifyAdmin
 ) -> None:
     """An update that shows up stamped behind the watermark, within the overlap, is read."""
     assert shop.base_url is not None
@@ -226,9 +126,9 @@ async def test_a_late_write_inside_the_overlap_is_read_by_the_next_window(
     shop.clock = rig.clock
     order = shop.create(financial_status="pending", fulfillment_status=None, cancelled_at=None)
     rig.clock.tick(30)
-    puller = rig.puller()
+    puller = rig.puller(CHANNEL)
     await puller.catch_up()
-    ((_, payment, _),) = (await rig.orders()).values()
+    ((_, payment, _),) = (await rig.stored()).values()
 
     late = rig.clock.now - timedelta(seconds=20)  # committed now, stamped 20 s ago
     shop.update(order["id"], financial_status="paid", updated_at=late)
@@ -236,12 +136,12 @@ async def test_a_late_write_inside_the_overlap_is_read_by_the_next_window(
     await puller.catch_up()
 
     assert payment == "pending"
-    ((status, payment, _),) = (await rig.orders()).values()
+    ((status, payment, _),) = (await rig.stored()).values()
     assert (status, payment) == ("paid", "paid")
 
 
 async def test_429_and_a_nearly_full_call_bucket_are_waited_out(
-    rig_for: Callable[..., Awaitable[Rig]], shop: ShopifyAdmin
+    rig_for: RigFactory, shop: ShopifyAdmin
 ) -> None:
     """A 429's Retry-After and the call-limit slowdown pause the pull; nothing is skipped."""
     rig = await stocked(rig_for, shop, 3)
@@ -257,19 +157,19 @@ async def test_429_and_a_nearly_full_call_bucket_are_waited_out(
         await asyncio.sleep(0)
 
     bucket = TokenBucket(1000.0, 1000, clock=lambda: elapsed[0], sleep=sleep)
-    puller = rig.puller(sleep=sleep, bucket=bucket)
+    puller = rig.puller(CHANNEL, sleep=sleep, bucket=bucket)
     await puller.start_at(T0 - timedelta(seconds=400))
     stats = await puller.catch_up()
 
     assert stats.throttled == 1
     assert stats.pages == 2
-    assert len(await rig.orders()) == 3
+    assert len(await rig.stored()) == 3
     # Retry-After 1.5; then 36/40 used: wait until it leaked to half, (36 - 20) / 2 s.
     assert waits[:2] == [pytest.approx(1.5), pytest.approx(8.0)]
 
 
 async def test_a_wrong_access_token_is_a_pull_error(
-    rig_for: Callable[..., Awaitable[Rig]], shop: ShopifyAdmin
+    rig_for: RigFactory, shop: ShopifyAdmin
 ) -> None:
     """401 from the shop is not retried: waiting will not fix the token."""
     assert shop.base_url is not None
@@ -278,4 +178,4 @@ async def test_a_wrong_access_token_is_a_pull_error(
     shop.create(updated_at=T0 - timedelta(seconds=30))
 
     with pytest.raises(PullError, match="401"):
-        await rig.puller().catch_up()
+        await rig.puller(CHANNEL).catch_up()
