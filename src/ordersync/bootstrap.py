@@ -15,30 +15,56 @@ from ordersync.adapters.bus.rabbitmq import RabbitBus
 from ordersync.adapters.carriers.base import CarrierAccount, connector_for
 from ordersync.adapters.carriers.http import CarrierHttp
 from ordersync.adapters.channels.pulling import HttpFetch, puller_for
+from ordersync.adapters.channels.stock_sync import stock_sync_from_settings
 from ordersync.adapters.db import migrate
+from ordersync.adapters.db.carrier_rules import SqlOverrideStore, SqlPollStore
 from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.deliveries import SqlDeliveryStore
 from ordersync.adapters.db.inventory import SqlInventoryStore
 from ordersync.adapters.db.lanes import SqlLaneStore
 from ordersync.adapters.db.pull_cursors import SqlCursorStore
 from ordersync.adapters.db.relay import SqlRelayStore
+from ordersync.adapters.db.returns import SqlReturnStore
+from ordersync.adapters.db.shipment_groups import SqlGroupingStore
 from ordersync.adapters.db.shipments import SqlShipmentStore
 from ordersync.adapters.db.unit_of_work import SqlUnitOfWork
+from ordersync.adapters.destinations.channel_writeback import (
+    WritebackHttp,
+    writeback_destination,
+    writeback_subscriptions,
+)
 from ordersync.adapters.destinations.webhooks import HttpSender
 from ordersync.adapters.metrics import Metrics
-from ordersync.config import CarrierConfig, DestinationConfig, Settings
+from ordersync.config import AlertRuleConfig, CarrierConfig, DestinationConfig, Settings
+from ordersync.domain.alerts import Rule, build_rules
 from ordersync.domain.delivery import Backoff, RetryPolicy
+from ordersync.domain.holds import (
+    AmountAboveThreshold,
+    AuditRule,
+    BuyerNotePresent,
+    HoldPolicy,
+    IncompleteAddress,
+    StockShortage,
+    SuspectedFraud,
+)
 from ordersync.domain.inventory import InventoryPolicy, Location, LocationKind, ReserveOn
+from ordersync.domain.merge_split import MergePolicy
+from ordersync.domain.routing import Coordinates, RoutingPolicy, RoutingSetup, Site
 from ordersync.service.bus_consumer import BusConsumer
+from ordersync.service.carrier_booking import CarrierRules, rules_from_config
 from ordersync.service.dispatcher import Destination, Dispatcher
+from ordersync.service.grouping import GroupingService
 from ordersync.service.inventory import InventoryService
 from ordersync.service.lanes import LaneAssigner
 from ordersync.service.messagebus import MessageBus
-from ordersync.service.outbox import EventRouter
+from ordersync.service.outbox import EventRouter, Subscription
 from ordersync.service.pull import ChannelPuller
 from ordersync.service.relay import OutboxRelay
+from ordersync.service.returns import ReturnService
 from ordersync.service.shipments import Carrier, ShipmentService
 from ordersync.service.singleton import SingletonTask
+from ordersync.service.stock_sync import StockSync
+from ordersync.service.tracking_poll import TrackingPoller, policies_from_config
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +124,25 @@ class Hub:
     lanes: LaneAssigner | None = None
     inventory: InventoryService | None = None  # None: no locations configured
     shipments: ShipmentService | None = None  # None: no carriers configured
+    returns: ReturnService | None = None  # with shipments: reverse pickups (issue 6)
+    # Channel stock publishing (issue 5): None unless a channel has `stock_publishing`.
+    stock_sync: StockSync | None = None
+    grouping: GroupingService | None = None  # shipment merges and splits (issue 5)
+    # Tracking by polling for carriers with a `poll` block (service/tracking_poll.py).
+    tracking_poll: TrackingPoller | None = None
     running: bool = False
     _gauge_task: asyncio.Task[None] | None = field(default=None, repr=False)
     # Pull loops of the channels with a `pull` block (ADR 5): in the embedded process, or
     # in the one worker holding the "pull" lease (ADR 4).
     pullers: list[ChannelPuller] = field(default_factory=list)
     _pull_fetch: HttpFetch | None = field(default=None, repr=False)
+    # Fetches the orders that pushes only name (Douyin messages); its session opens on use.
+    push_fetch: HttpFetch = field(default_factory=HttpFetch, repr=False)
     _pull_tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     # Work that runs in exactly one worker at a time, under named leases (ADR 4).
     singletons: list[SingletonTask] = field(default_factory=list, repr=False)
+    # The HTTP pool of the channels' shipment write-backs (destinations `writeback.<id>`).
+    writeback_http: WritebackHttp | None = field(default=None, repr=False)
 
     @property
     def dispatches(self) -> bool:
@@ -144,6 +180,16 @@ class Hub:
             self._start_pulls()
         elif pull and leased and self._pull_channels():
             self._singleton("pull", self._start_pulls_async, self._stop_pulls)
+        if self.grouping is not None and self.settings.merge.auto:
+            grouping = self.grouping  # the auto-merge sweep: one process at a time
+            if leased:
+
+                async def start_auto_merge() -> None:
+                    grouping.start()
+
+                self._singleton("auto-merge", start_auto_merge, grouping.stop)
+            elif self.role is Role.ALL:
+                grouping.start()
         if self.shipments is not None:
             shipments = self.shipments
             if leased:
@@ -152,9 +198,24 @@ class Hub:
                 async def start_sweep() -> None:
                     shipments.start(sweep=True)
 
-                self._singleton("shipments-sweep", start_sweep, shipments.stop)
+                self._singleton("shipments-sweep", start_sweep, shipments.stop_sweep)
             else:
                 shipments.start(sweep=self.role is Role.ALL)
+        if self.tracking_poll is not None:  # one poller per hub: a singleton, as the sweep
+            poller = self.tracking_poll
+            if leased:
+
+                async def start_poll() -> None:
+                    poller.start()
+
+                self._singleton("tracking-poll", start_poll, poller.stop)
+            elif self.role is Role.ALL:
+                poller.start()
+        if self.stock_sync is not None:  # one publisher per hub: a singleton, as pulls
+            if leased:
+                self._singleton("stock-publish", self.stock_sync.start, self.stock_sync.stop)
+            elif self.role is Role.ALL:
+                await self.stock_sync.start()
         self.running = True
 
     def _singleton(
@@ -203,9 +264,16 @@ class Hub:
         for singleton in self.singletons:  # stops its work, releases the lease at once
             await singleton.stop()
         self.singletons = []
+        if self.grouping is not None:
+            await self.grouping.stop()
         await self._stop_pulls()  # a page half-ingested is read again after a restart
+        await self.push_fetch.close()
+        if self.tracking_poll is not None:
+            await self.tracking_poll.stop()
         if self.shipments is not None:
             await self.shipments.stop()
+        if self.stock_sync is not None:
+            await self.stock_sync.stop()
         await self.bus.stop()
         if self.inventory is not None:
             await self.inventory.stop()
@@ -217,6 +285,8 @@ class Hub:
             await self.relay.stop()
         await self.dispatcher.stop()
         await self.sender.close()
+        if self.writeback_http is not None:
+            await self.writeback_http.close()
         if self.broker is not None:
             await self.broker.close()
         if self._gauge_task is not None:
@@ -250,6 +320,8 @@ class Hub:
                 for dest, states in (await self.deliveries.summary()).items():
                     for state, n in states.items():
                         self.metrics.deliveries.labels(dest, state).set(n)
+                if self.shipments is not None:
+                    await self.shipments.refresh_open_alerts()
                 if self.broker is not None and self.role is not Role.API:
                     for queue, n in (await self.broker.queue_depths()).items():
                         self.metrics.queue_depth.labels(queue).set(n)
@@ -264,11 +336,21 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
         role = Role.API if settings.broker_url else Role.ALL
     db = Database(settings.database_url)
     metrics = Metrics()
-    router = EventRouter((d.id, d.events) for d in settings.destinations)
+    subscriptions: list[Subscription] = [(d.id, d.events) for d in settings.destinations]
+    router = EventRouter(subscriptions + writeback_subscriptions(settings.channels))
     store = SqlDeliveryStore(db, lease_seconds=settings.worker.lease_seconds)
     sender = HttpSender()
+    # Channels with an enabled write-back get a destination of their own (ADR: shipment
+    # write-back), sending through the platform's API instead of Standard Webhooks.
+    writeback_http = WritebackHttp()
+    writebacks = [
+        writeback_destination(c, writeback_http) for c in settings.channels if c.writeback_id
+    ]
     dispatcher = Dispatcher(
-        [destination_from_config(d) for d in settings.destinations], store, sender, metrics
+        [destination_from_config(d) for d in settings.destinations] + writebacks,
+        store,
+        sender,
+        metrics,
     )
     broker = relay = consumer = lanes = None
     if settings.broker_url:
@@ -310,8 +392,14 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
     relayed = broker is not None
     policy = inventory_policy(settings)
 
+    holds = hold_policy(settings)
+
     def uow() -> SqlUnitOfWork:
-        return SqlUnitOfWork(db, router, relay=relayed, inventory=policy)
+        u = SqlUnitOfWork(db, router, relay=relayed, inventory=policy)
+        u.holds = holds
+        if u.stock is not None:
+            u.stock.low_stock_threshold = settings.inventory.low_stock_threshold
+        return u
 
     bus = MessageBus(
         uow,
@@ -338,7 +426,28 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
             router,
             CarrierHttp().send,
             public_url=settings.public_url,
+            rules=alert_rules(settings),
+            review_delay=(
+                timedelta(hours=settings.review_reminder.delay_hours)
+                if settings.review_reminder.enabled
+                else None
+            ),
+            observer=metrics.alert_observer(),
+            carrier_rules=CarrierRules(
+                rules_from_config(settings.carrier_rules),
+                SqlOverrideStore(db),
+                metrics.carrier_call_observer(),
+            ),
         )
+    tracking_poll = None
+    if shipments is not None and (policies := policies_from_config(settings.carriers)):
+        tracking_poll = TrackingPoller(
+            shipments, SqlPollStore(db), policies, observer=metrics.carrier_call_observer()
+        )
+    returns = None
+    if shipments is not None:
+        returns = ReturnService(shipments, SqlReturnStore(db, uow, on_commit=wake), router)
+        returns.attach()
     return Hub(
         settings,
         db,
@@ -354,6 +463,18 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
         lanes,
         inventory,
         shipments,
+        returns=returns,
+        writeback_http=writeback_http,
+        stock_sync=stock_sync_from_settings(
+            settings, db, policy, observer=metrics.stock_push_observer()
+        ),
+        grouping=GroupingService(
+            SqlGroupingStore(db, uow, on_commit=wake),
+            router,
+            merge_policy(settings),
+            auto_interval=settings.merge.auto_interval,
+        ),
+        tracking_poll=tracking_poll,
     )
 
 
@@ -364,6 +485,30 @@ def carrier_from_config(c: CarrierConfig) -> Carrier:
     )
     mapping = connector.mapping.with_overrides(c.mapping) if c.mapping else connector.mapping
     return Carrier(account, connector, mapping, c.carrier_code)
+
+
+def alert_rules(settings: Settings) -> tuple[Rule, ...]:
+    """The shipment anomaly rules of the `alerts` block (disabled ones left out)."""
+    a = settings.alerts
+
+    def hours(rule: AlertRuleConfig) -> timedelta | None:
+        return timedelta(hours=rule.hours) if rule.enabled else None
+
+    overdue = a.delivery_overdue
+    transit = overdue.default_transit_hours
+    return build_rules(
+        no_pickup=hours(a.no_pickup),
+        no_update=hours(a.no_update),
+        overdue_grace=timedelta(hours=overdue.hours) if overdue.enabled else None,
+        default_transit=None if transit is None else timedelta(hours=transit),
+        pickup_point_wait=hours(a.pickup_point_wait),
+        tracking_corrected=a.tracking_corrected.enabled,
+    )
+
+
+def merge_policy(settings: Settings) -> MergePolicy:
+    m = settings.merge
+    return MergePolicy(window=timedelta(seconds=m.window), same_channel=m.same_channel)
 
 
 def inventory_policy(settings: Settings) -> InventoryPolicy | None:
@@ -379,4 +524,54 @@ def inventory_policy(settings: Settings) -> InventoryPolicy | None:
         reserve_on={ch: ReserveOn(v) for ch, v in inv.reserve_on.items()},
         default_reserve_on=ReserveOn(inv.default_reserve_on),
         unpaid_ttl=timedelta(seconds=inv.unpaid_ttl) if inv.unpaid_ttl is not None else None,
+        routing=routing_setup(settings),
     )
+
+
+def routing_setup(settings: Settings) -> RoutingSetup:
+    r = settings.routing
+    sites = {
+        c.id: Site(
+            Location(c.id, LocationKind(c.kind), c.region, c.priority, c.capacity),
+            Coordinates(c.lat, c.lon) if c.lat is not None and c.lon is not None else None,
+            c.cost_per_unit,
+            c.cost_per_shipment,
+        )
+        for c in settings.locations
+    }
+    policy = RoutingPolicy(
+        allow_split=r.allow_split,
+        max_shipments=r.max_shipments,
+        prefer_single_location=r.prefer_single_location,
+        backorder_allowed=r.backorder_allowed,
+        preorder_skus=frozenset(r.preorder_skus),
+        channel_locations={ch: frozenset(locs) for ch, locs in r.channel_locations.items()},
+    )
+    regions = {k.upper(): v for k, v in r.regions.items()}
+    return RoutingSetup(policy, sites, regions)
+
+
+def hold_policy(settings: Settings) -> HoldPolicy | None:
+    """None without a `holds` block: orders are not audited (no cost on the hot path)."""
+    h = settings.holds
+    if h is None:
+        return None
+    rules: list[AuditRule] = []
+    if h.incomplete_address:
+        rules.append(IncompleteAddress())
+    if h.amount_above:
+        rules.append(AmountAboveThreshold(dict(h.amount_above)))
+    if h.buyer_note:
+        rules.append(BuyerNotePresent())
+    if (f := h.suspected_fraud) is not None:
+        rules.append(
+            SuspectedFraud(
+                timedelta(hours=f.window_hours),
+                f.max_orders_per_address,
+                f.max_orders_per_phone,
+                f.country_mismatch,
+            )
+        )
+    if h.stock_shortage:
+        rules.append(StockShortage())
+    return HoldPolicy(tuple(rules))

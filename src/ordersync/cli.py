@@ -157,19 +157,46 @@ def demo(
             " taobao (pulled through the TOP gateway simulator)."
         ),
     ] = "shopify",
+    logistics: Annotated[
+        bool,
+        typer.Option(
+            help="Book the paid orders with simulated carriers (Kdniao, Kuaidi100, generic)"
+            " and track them to delivered by signed callbacks."
+        ),
+    ] = True,
+    stale_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of parcels never picked up (each must raise an alert)."
+        ),
+    ] = 0.1,
+    stale_after: Annotated[
+        float,
+        typer.Option(min=0.5, help="The demo's no-pickup alert threshold, in seconds (48 h live)."),
+    ] = 10.0,
 ) -> None:
     """Start the hub and simulators, push orders through, and check nothing was lost."""
     from ordersync.entrypoints.demo import run_demo
+    from ordersync.entrypoints.demo_logistics import LogisticsPlan
 
     kinds = [c.strip() for c in channels.split(",") if c.strip()]
+    plan = LogisticsPlan(stale_share, stale_after) if logistics else None
     summary = _run(
         lambda: run_demo(
-            orders=orders, faults=faults, quiet=json_out, port=port, keep=keep, channels=kinds
+            orders=orders,
+            faults=faults,
+            quiet=json_out,
+            port=port,
+            keep=keep,
+            channels=kinds,
+            logistics=plan,
         )
     )
     if json_out:
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     if summary["lost"] or summary["duplicated"] or summary["out_of_order"]:
+        raise typer.Exit(1)
+    if summary.get("logistics_problems"):
         raise typer.Exit(1)
 
 
@@ -247,7 +274,7 @@ def backfill(
 
 @app.command("import")
 def import_file(
-    file: Annotated[Path, typer.Argument(help="The file to import (CSV, JSON or XML).")],
+    file: Annotated[Path, typer.Argument(help="The file to import (CSV, XLSX, JSON or XML).")],
     channel: Annotated[str, typer.Option("--channel", help="A channel of kind generic.")],
     mapping: Annotated[
         Path | None, typer.Option("--mapping", help="Mapping file (default: the channel's).")
@@ -261,10 +288,15 @@ def import_file(
             " the good orders and record the bad ones as rejected in the inbox (exit 1).",
         ),
     ] = "reject-file",
+    sheet: Annotated[
+        str | None, typer.Option("--sheet", help="XLSX: the sheet to read (default: the first).")
+    ] = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Bulk-import orders from a file through the same ingest path as webhooks."""
+    import dataclasses
+
     from ordersync.adapters.channels import generic
     from ordersync.adapters.channels.base import statuses_for
     from ordersync.bootstrap import Role, build_hub
@@ -281,8 +313,8 @@ def import_file(
     if not isinstance(chosen, GenericChannel):
         err.print(f"[red]channel {channel!r} is not configured as a generic channel[/red]")
         raise typer.Exit(2)
-    if file.suffix.lower() in (".xlsx", ".xls"):
-        err.print("[red]spreadsheets are not supported yet; export the sheet as CSV[/red]")
+    if file.suffix.lower() == ".xls":
+        err.print("[red]old .xls workbooks are not supported; save the sheet as .xlsx[/red]")
         raise typer.Exit(2)
     try:
         spec = generic.load_mapping(mapping or chosen.mapping)
@@ -290,8 +322,22 @@ def import_file(
     except (generic.MappingFileError, OSError) as e:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+    if file.suffix.lower() == ".xlsx":
+        # A sheet is read with the row mapping a CSV export of it would use.
+        if spec.format not in generic.ROW_FORMATS:
+            err.print(f"[red]a sheet needs a row mapping (format csv), not {spec.format}[/red]")
+            raise typer.Exit(2)
+        spec = dataclasses.replace(spec, format="xlsx")
+    elif spec.format == "xlsx":  # a sheet's mapping reads the sheet exported as CSV too
+        spec = dataclasses.replace(spec, format="csv")
     # The mapping's status table, with the channel's overrides on top.
-    plan = generic.plan_import(chosen.id, spec, body, statuses_for(spec.statuses, chosen))
+    try:
+        plan = generic.plan_import(
+            chosen.id, spec, body, statuses_for(spec.statuses, chosen), sheet=sheet
+        )
+    except generic.SheetNotFound as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
     ingest = [] if plan.errors and on_error == "reject-file" else list(plan.good)
     rejected = list(plan.bad) if on_error == "reject-bad-rows" else []
     outcomes: dict[str, int] = {}
@@ -521,6 +567,166 @@ def replay(delivery_id: str, config: ConfigOpt = None) -> None:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
     console.print(f"{delivery_id} queued again")
+
+
+@app.command()
+def route(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the decisions; change nothing (required).")
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Orders created at or after this RFC 3339 time (UTC)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many orders.", min=1)] = 100,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Route past orders again with the configured rules, oldest first, and explain each."""
+    from datetime import UTC, datetime
+
+    from ordersync.adapters.db.routing import dry_run_report
+    from ordersync.bootstrap import inventory_policy
+
+    if not dry_run:
+        err.print("only --dry-run is supported: orders are routed as they arrive")
+        raise typer.Exit(2)
+    start = None
+    if since is not None:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            err.print(f"[red]--since: not an RFC 3339 time: {since!r}[/red]")
+            raise typer.Exit(2) from None
+        start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
+    settings = _settings(config)
+    policy = inventory_policy(settings)
+    if policy is None or policy.routing is None:
+        err.print("no locations are configured: there is nothing to route to")
+        raise typer.Exit(2)
+    setup, locations = policy.routing, policy.locations
+    rows, summary = _with_db(
+        config, lambda db: dry_run_report(db, setup, locations, since=start, limit=limit)
+    )
+    if json_out:
+        out = {
+            "orders": summary.orders,
+            "single_location": summary.single_location,
+            "split": summary.split,
+            "backordered": summary.backordered,
+            "unroutable": summary.unroutable,
+            "shipments_per_location": summary.shipments_per_location,
+            "decisions": [
+                {"order_id": r["order_id"], **r["decision"], "text": r["explanation"]} for r in rows
+            ],
+        }
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    cols = ["order_id", "outcome", "locations", "backordered", "explanation"]
+    _table(rows, cols, "routing dry run (nothing changed)")
+    console.print(
+        f"{summary.orders} orders: {summary.single_location} from one location,"
+        f" {summary.split} split, {summary.backordered} backordered,"
+        f" {summary.unroutable} unroutable"
+    )
+
+
+# ---- stock feeds ---------------------------------------------------------------------
+stock_app = typer.Typer(help="Stock: import WMS/ERP feeds.", no_args_is_help=True)
+app.add_typer(stock_app, name="stock")
+
+
+@stock_app.command("import")
+def stock_import(
+    file: Annotated[Path, typer.Argument(help="CSV: sku,location_id,on_hand[,safety_stock].")],
+    mode: Annotated[
+        str, typer.Option("--mode", help="snapshot (counts replace on_hand) or delta (added).")
+    ] = "snapshot",
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key", help="The feed's message id (default: derived from the file's content)."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Apply a stock feed file, every row or none (the same path as POST /v1/inventory/feeds).
+
+    Importing the same file twice does nothing the second time (its key is its content).
+    """
+    import hashlib
+
+    from ordersync.bootstrap import Role, build_hub
+    from ordersync.clock import utcnow
+    from ordersync.domain.errors import DomainError
+    from ordersync.domain.stock_feeds import FeedMode, ImportStockFeed, InvalidFeed, parse_csv
+
+    settings = _settings(config)
+    _setup_logging("WARNING")
+    if mode not in ("snapshot", "delta"):
+        err.print("[red]--mode must be snapshot or delta[/red]")
+        raise typer.Exit(2)
+    if not settings.locations:
+        err.print("[red]no locations are configured: inventory is off[/red]")
+        raise typer.Exit(2)
+    feed_mode = FeedMode(mode)
+    try:
+        body = file.read_bytes()
+        text = body.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        err.print(f"[red]cannot read {file}: {e}[/red]")
+        raise typer.Exit(2) from None
+    signed = mode.encode() + b"\n" + body
+    message_id = key or "file:" + hashlib.sha256(signed).hexdigest()
+    errors: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+
+    async def go() -> None:
+        hub = build_hub(settings, Role.API)  # feed only: running hubs publish the change
+        await hub.start(dispatch=False, pull=False)
+        try:
+            assert hub.inventory is not None  # locations are configured (checked above)
+            rows = parse_csv(text, feed_mode, frozenset(hub.inventory.policy.locations))
+            response = await hub.inventory.handle(
+                ImportStockFeed(
+                    tuple(rows),
+                    feed_mode,
+                    utcnow(),
+                    "cli",
+                    message_id,
+                    hashlib.sha256(signed).hexdigest(),
+                )
+            )
+            result.update(orjson.loads(response.body), replayed=response.replayed)
+        except InvalidFeed as e:
+            errors.extend(x.as_dict() for x in e.errors)
+        except DomainError as e:  # e.g. --key reused for another file
+            errors.append({"line": None, "column": None, "code": e.code, "detail": str(e)})
+        finally:
+            await hub.stop()
+
+    _run(go)
+    if json_out:
+        out = {"errors": errors} if errors else result
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif errors:
+        _table(errors, ["line", "column", "code", "detail"], "rows refused (nothing applied)")
+    else:
+        summary = {
+            "file": str(file),
+            "mode": mode,
+            "rows": result.get("rows"),
+            "replayed": result.get("replayed"),
+        }
+        _table([summary], list(summary), "stock import")
+        _table(
+            result.get("data", []),
+            ["sku", "location_id", "on_hand", "reserved", "available", "safety_stock"],
+            "stock now",
+        )
+    if errors:
+        raise typer.Exit(1)
 
 
 def main() -> None:

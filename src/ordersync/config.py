@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -80,11 +81,190 @@ class StatusRuleConfig(_Model):
     ignore: bool = False  # not an order yet (e.g. a checkout draft)
 
 
+WRITEBACK_KINDS = ("shopify", "woocommerce", "taobao", "jd", "douyin")
+WritebackEvent = Literal["shipment.created"]  # the events a write-back can turn into a call
+
+
+class WritebackConfig(_Model):
+    """Shipment write-back: push carrier and tracking number to the channel's own order,
+    as a delivery to the destination `writeback.<channel id>` (retries, dead letters and
+    replay like any destination; see adapters/destinations/channel_writeback.py)."""
+
+    enabled: bool = False
+    events: list[WritebackEvent] = Field(
+        default_factory=lambda: list[WritebackEvent](["shipment.created"]), min_length=1
+    )
+    # The hub's carrier code (the shipment's `carrier_code`) -> the platform's own logistics
+    # company code (TOP `company_code`, JD `logiCoprId`, Douyin `company_code`) or, for
+    # Shopify and WooCommerce, the carrier name shown to the buyer. Unmapped codes are sent
+    # as they are.
+    carrier_codes: dict[str, str] = Field(default_factory=dict)
+    retry_schedule: list[float] = Field(default_factory=lambda: [5.0, 30.0, 120.0])
+    retry_backoff: BackoffConfig | None = Field(default_factory=lambda: BackoffConfig())
+    timeout: float = Field(default=10.0, gt=0)
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(x < 0 for x in v):
+            raise ValueError("delays must be >= 0 seconds")
+        return v
+
+
+# What each kind needs to call the platform for a write-back (besides the webhook secret).
+_WRITEBACK_NEEDS = {
+    "shopify": ("access_token",),
+    "woocommerce": ("consumer_key", "consumer_secret"),
+    "taobao": ("session",),
+    "jd": ("access_token",),
+    "douyin": ("access_token",),
+}
+
+
+class StockItemRef(_Model):
+    """A SKU's listing where the platform's stock call takes more than one id (a value of
+    `stock_publishing.items`). Taobao/Tmall (`taobao.item.quantity.update`): `num_iid`,
+    plus `sku_id` or `outer_id` for one SKU of an item with SKUs; JD
+    (`jingdong.stock.write.updateSkuStock`): `sku_id`; Douyin (`sku.syncStock`): `sku_id`,
+    or `code` (the merchant SKU code) with `product_id`."""
+
+    num_iid: int | None = Field(default=None, gt=0)
+    sku_id: int | None = Field(default=None, gt=0)
+    outer_id: str | None = Field(default=None, min_length=1)
+    code: str | None = Field(default=None, min_length=1)
+    product_id: int | None = Field(default=None, gt=0)
+
+
+def _check_stock_items(kind: str, items: Mapping[str, int | StockItemRef]) -> None:
+    """Each kind's stock call needs its ids: refuse an `items` entry lacking them."""
+    for sku, ref in items.items():
+        if isinstance(ref, int):
+            if ref <= 0:
+                raise ValueError(f"stock_publishing.items[{sku!r}] must be a positive id")
+            continue
+        if kind in ("shopify", "woocommerce"):
+            raise ValueError(f"stock_publishing.items[{sku!r}] must be an integer id")
+        if kind == "taobao" and ref.num_iid is None:
+            raise ValueError(f"stock_publishing.items[{sku!r}] needs num_iid")
+        if kind == "jd" and ref.sku_id is None:
+            raise ValueError(f"stock_publishing.items[{sku!r}] needs sku_id")
+        if kind == "douyin" and ref.sku_id is None and ref.code is None:
+            raise ValueError(f"stock_publishing.items[{sku!r}] needs sku_id or code")
+
+
+class StockPublishingConfig(_Model):
+    """What a channel is told it can sell (issue 5; domain/stock_publishing.py).
+
+    ATS = (available - safety_stock across the pooled locations' fresh feeds) x ratio
+    + fixed, then floor and cap, never more than the pool. `items` maps a SKU to the
+    platform's id: an integer (Shopify `inventory_item_id`; WooCommerce product or
+    variation id; Taobao/Tmall `num_iid` of an item without SKUs; JD `skuId`; Douyin
+    `sku_id`), or a `StockItemRef` where one id is not enough (Taobao `num_iid` with
+    `sku_id` or `outer_id`; Douyin `code` with `product_id`). SKUs not listed are not
+    published. Pushes are debounced per SKU (`debounce` seconds of
+    quiet, but at most `max_wait` after the first change) and rate limited per channel.
+    """
+
+    enabled: bool = True
+    ratio: Decimal = Field(default=Decimal(1), ge=0, le=1)
+    fixed: int = 0  # added after the ratio; negative holds units back
+    floor: int = Field(default=0, ge=0)
+    cap: int | None = Field(default=None, ge=0)
+    safety_stock: int = Field(default=0, ge=0)  # on top of each location's own
+    locations: list[str] | None = None  # pooled location ids; None: all
+    debounce: float = Field(default=2.0, ge=0)
+    max_wait: float = Field(default=30.0, gt=0)
+    rate: float = Field(default=2.0, gt=0)  # pushes per second to this channel
+    burst: int = Field(default=4, ge=1)
+    # Seconds after which a location's last WMS/ERP feed is too old to sell from (it then
+    # counts as 0; a pool with no fresh location publishes 0). None: feeds never go stale.
+    stale_after: float | None = Field(default=None, gt=0)
+    location_id: int | None = None  # Shopify: the location whose level is set
+    items: dict[str, int | StockItemRef] = Field(default_factory=dict)
+    # Channels naming the same pool share its units (same locations and stale_after):
+    # "exclusive" channels partition them (ratios summing to at most 1, served in
+    # `priority` order), "shared" ones all advertise what the exclusive ones left.
+    # None: the channel is a pool of its own.
+    pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    promise: Literal["shared", "exclusive"] = "shared"
+    priority: int = 0  # exclusive channels with lower priority are served first
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StockPublishingConfig:
+        if self.cap is not None and self.cap < self.floor:
+            raise ValueError(f"cap {self.cap} is below floor {self.floor}")
+        if self.max_wait < self.debounce:
+            raise ValueError("max_wait must be at least debounce")
+        return self
+
+
+STOCK_PUBLISHING_KINDS = ("shopify", "woocommerce", "taobao", "jd", "douyin")
+
+
 class _ChannelBase(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     pull: PullConfig | None = None
     # Overrides of the connector's default status table, keyed by platform status.
     statuses: dict[str, StatusRuleConfig] = Field(default_factory=dict)
+    writeback: WritebackConfig | None = None
+    stock_publishing: StockPublishingConfig | None = None
+
+    @model_validator(mode="after")
+    def _stock_publishing_possible(self) -> _ChannelBase:
+        sp = self.stock_publishing
+        if sp is None or not sp.enabled:
+            return self
+        kind = getattr(self, "kind", "")
+        if kind not in STOCK_PUBLISHING_KINDS:
+            raise ValueError(
+                f"stock_publishing is not supported for {kind!r} channels"
+                f" (supported: {', '.join(STOCK_PUBLISHING_KINDS)})"
+            )
+        if kind == "shopify":
+            if getattr(self, "access_token", None) is None:
+                raise ValueError("stock_publishing needs access_token")
+            if sp.location_id is None:
+                raise ValueError("stock_publishing needs location_id (the Shopify location)")
+            if getattr(self, "admin_url", None) is None and (
+                getattr(self, "shop_domain", None) is None
+            ):
+                raise ValueError("stock_publishing needs shop_domain (or admin_url)")
+        if kind == "woocommerce" and (
+            getattr(self, "consumer_key", None) is None
+            or getattr(self, "consumer_secret", None) is None
+        ):
+            raise ValueError("stock_publishing needs consumer_key and consumer_secret")
+        if kind in ("taobao", "jd", "douyin"):  # the seller's authorization, as write-back
+            missing = [k for k in _WRITEBACK_NEEDS[kind] if getattr(self, k, None) is None]
+            if missing:
+                raise ValueError(f"stock_publishing needs {' and '.join(missing)}")
+        _check_stock_items(kind, sp.items)
+        return self
+
+    @model_validator(mode="after")
+    def _writeback_possible(self) -> _ChannelBase:
+        if self.writeback is None or not self.writeback.enabled:
+            return self
+        kind = getattr(self, "kind", "")
+        if kind not in WRITEBACK_KINDS:
+            raise ValueError(
+                f"writeback is not supported for {kind!r} channels"
+                f" (supported: {', '.join(WRITEBACK_KINDS)})"
+            )
+        missing = [k for k in _WRITEBACK_NEEDS[kind] if getattr(self, k, None) is None]
+        if missing:
+            raise ValueError(f"writeback needs {' and '.join(missing)}")
+        if kind == "shopify" and getattr(self, "admin_base", None) is None:
+            raise ValueError("writeback needs shop_domain (or admin_url)")
+        return self
+
+    @property
+    def writeback_id(self) -> str | None:
+        """The id of this channel's write-back destination, if it has one."""
+        if self.writeback is None or not self.writeback.enabled:
+            return None
+        return f"writeback.{self.id}"
 
 
 class ShopifyChannel(_ChannelBase):
@@ -308,6 +488,62 @@ class LocationConfig(_Model):
     region: str = Field(min_length=1, max_length=64)
     priority: int = Field(default=100, ge=0)  # lower is preferred
     capacity: int | None = Field(default=None, ge=0)  # orders per day; None: unlimited
+    # Routing (domain/routing.py): where it is (distance scoring) and what shipping costs.
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    cost_per_unit: Decimal = Field(default=Decimal(0), ge=0)
+    cost_per_shipment: Decimal = Field(default=Decimal(0), ge=0)
+
+    @model_validator(mode="after")
+    def _both_coordinates(self) -> LocationConfig:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon go together")
+        return self
+
+
+class RoutingConfig(_Model):
+    """Which location(s) fulfil an order (domain/routing.py; used with `locations`)."""
+
+    allow_split: bool = True  # several shipments when no one location has everything
+    max_shipments: int = Field(default=3, ge=1, le=32)
+    prefer_single_location: bool = True
+    backorder_allowed: bool = False  # False: a shortage holds the order (stock_shortage)
+    preorder_skus: list[str] = Field(default_factory=list)  # always wait for stock
+    # Channel id -> the only locations allowed to fulfil its orders.
+    channel_locations: dict[str, list[str]] = Field(default_factory=dict)
+    # Address "CC-REGION" or "CC" -> a location region; unmapped countries: their code.
+    regions: dict[str, str] = Field(default_factory=dict)
+
+
+class FraudConfig(_Model):
+    # NOTE: the burst rules (per address, per phone) need the buyer's recent orders, which
+    # the order flow does not load yet: today only `country_mismatch` can fire.
+    window_hours: float = Field(default=24.0, gt=0)
+    max_orders_per_address: int = Field(default=3, ge=1)
+    max_orders_per_phone: int = Field(default=3, ge=1)
+    country_mismatch: bool = True  # billing and shipping countries differ
+
+
+class HoldsConfig(_Model):
+    """Audit rules checked on order create and update (domain/holds.py); a rule that
+    fires holds the order, and the hold is released once every cause has cleared."""
+
+    incomplete_address: bool = True
+    # Currency -> the total above which an order is held; currencies absent: never.
+    amount_above: dict[str, Decimal] = Field(default_factory=dict)
+    buyer_note: bool = False
+    suspected_fraud: FraudConfig | None = None
+    stock_shortage: bool = True  # cleared only when routing succeeds again
+
+    @field_validator("amount_above")
+    @classmethod
+    def _currencies(cls, v: dict[str, Decimal]) -> dict[str, Decimal]:
+        for cur, limit in v.items():
+            if not re.fullmatch(r"[A-Z]{3}", cur):
+                raise ValueError(f"{cur!r} is not an ISO 4217 currency code")
+            if limit < 0:
+                raise ValueError(f"{cur}: the threshold must not be negative")
+        return v
 
 
 class InventoryConfig(_Model):
@@ -321,9 +557,32 @@ class InventoryConfig(_Model):
     expiry_interval: float = Field(default=1.0, gt=0)  # seconds between timer sweeps
     writers: int | None = Field(default=None, ge=1, le=64)  # None: 1 on SQLite, 8 otherwise
     max_batch: int = Field(default=512, ge=1, le=10_000)  # reservations per transaction
+    # inventory.low fires when a SKU's available across all locations falls to or below
+    # this (once per crossing). None: per location, when available reaches its safety stock.
+    low_stock_threshold: int | None = Field(default=None, ge=0)
+    publish_poll_interval: float = Field(default=0.5, gt=0)  # seconds; stock changes -> channels
+
+
+class MergeConfig(_Model):
+    """Merging orders of one buyer to one address into one shipment (issue 5)."""
+
+    window: float = Field(default=7200.0, gt=0)  # seconds between the first and last order
+    same_channel: bool = True  # only orders of one channel are merged
+    auto: bool = False  # merge candidate sets by themselves (a sweep, one process at a time)
+    auto_interval: float = Field(default=30.0, gt=0)  # seconds between auto-merge sweeps
 
 
 CARRIER_KINDS = ("kdniao", "kuaidi100", "generic")
+
+
+class CarrierPollConfig(_Model):
+    """Tracking by polling, for carriers (or accounts) without push (service/tracking_poll.py)."""
+
+    interval: float = Field(default=1800.0, gt=0)  # seconds between two polls of one parcel
+    batch: int = Field(default=20, ge=1, le=1000)  # parcels looked at per round
+    rate: float = Field(default=1.0, gt=0)  # carrier queries per second (token bucket)
+    burst: int = Field(default=2, ge=1)
+    max_age: float = Field(default=30 * 86400.0, gt=0)  # seconds after booking: then expired
 
 
 class CarrierConfig(_Model):
@@ -340,6 +599,65 @@ class CarrierConfig(_Model):
     credentials: dict[str, SecretStr] = Field(default_factory=dict)
     mapping: dict[str, ShipmentStatus] = Field(default_factory=dict)
     carrier_code: str = ""  # the aggregator's code of the real carrier used for bookings
+    poll: CarrierPollConfig | None = None  # None: tracking comes by push only
+
+
+class CarrierRuleConfig(_Model):
+    """One carrier-choice rule (domain/carrier_choice.py); empty conditions match anything."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    carrier: str = Field(min_length=1)
+    fallback: list[str] = Field(default_factory=list)
+    countries: list[str] = Field(default_factory=list)  # ISO 3166-1 alpha-2
+    regions: list[str] = Field(default_factory=list)
+    channels: list[str] = Field(default_factory=list)
+    services: list[str] = Field(default_factory=list)  # "standard", "express", ...
+    min_weight_kg: Decimal | None = Field(default=None, ge=0)
+    max_weight_kg: Decimal | None = Field(default=None, gt=0)
+    min_total: Decimal | None = Field(default=None, ge=0)
+    max_total: Decimal | None = Field(default=None, gt=0)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    cost: Decimal | None = Field(default=None, ge=0)  # tie-break among equal priorities
+    priority: int | None = Field(default=None, ge=0)  # None: the rule's position
+
+
+class AlertRuleConfig(_Model):
+    """One anomaly rule: on or off, and its threshold in hours."""
+
+    enabled: bool = True
+    hours: float = Field(ge=0)
+
+
+class DeliveryOverdueConfig(_Model):
+    """Late against the promised date (the booking's or the order's) plus `hours` of grace;
+    a shipment promised nothing is held to `default_transit_hours` after booking (None:
+    no alert without a promise)."""
+
+    enabled: bool = True
+    hours: float = Field(default=0.0, ge=0)
+    default_transit_hours: float | None = Field(default=None, gt=0)
+
+
+class ToggleConfig(_Model):
+    enabled: bool = True
+
+
+class AlertsConfig(_Model):
+    """Shipment anomaly rules, evaluated by the durable timer (issue 6)."""
+
+    no_pickup: AlertRuleConfig = AlertRuleConfig(hours=48)  # no pickup after booking
+    no_update: AlertRuleConfig = AlertRuleConfig(hours=72)  # no tracking event since
+    delivery_overdue: DeliveryOverdueConfig = DeliveryOverdueConfig()
+    pickup_point_wait: AlertRuleConfig = AlertRuleConfig(hours=72)  # at a locker / pickup point
+    tracking_corrected: ToggleConfig = ToggleConfig()  # carrier code / number corrected
+
+
+class ReviewReminderConfig(_Model):
+    """`order.review_requested` once every shipment of an order is delivered, after
+    `delay_hours` (a durable timer, so a restart neither loses nor repeats it)."""
+
+    enabled: bool = True
+    delay_hours: float = Field(default=0.0, ge=0)
 
 
 class Settings(_Model):
@@ -357,6 +675,21 @@ class Settings(_Model):
     locations: list[LocationConfig] = Field(default_factory=list)
     inventory: InventoryConfig = Field(default_factory=InventoryConfig)
     carriers: list[CarrierConfig] = Field(default_factory=list)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    review_reminder: ReviewReminderConfig = Field(default_factory=ReviewReminderConfig)
+    carrier_rules: list[CarrierRuleConfig] = Field(default_factory=list)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    holds: HoldsConfig | None = None  # None: orders are not audited
+
+    @model_validator(mode="after")
+    def _routing_names_locations(self) -> Settings:
+        known = {loc.id for loc in self.locations}
+        for ch, locs in self.routing.channel_locations.items():
+            unknown = sorted(set(locs) - known)
+            if unknown:
+                raise ValueError(f"routing.channel_locations.{ch}: unknown locations {unknown}")
+        return self
 
     @field_validator("broker_url")
     @classmethod
@@ -365,7 +698,9 @@ class Settings(_Model):
             raise ValueError("must be an amqp:// or amqps:// URL (RabbitMQ)")
         return v or None
 
-    @field_validator("channels", "destinations", "api_keys", "locations", "carriers")
+    @field_validator(
+        "channels", "destinations", "api_keys", "locations", "carriers", "carrier_rules"
+    )
     @classmethod
     def _unique_ids(cls, v: list[Any]) -> list[Any]:
         seen: set[str] = set()
@@ -374,6 +709,50 @@ class Settings(_Model):
                 raise ValueError(f"duplicate id {item.id!r}")
             seen.add(item.id)
         return v
+
+    @model_validator(mode="after")
+    def _writeback_ids_free(self) -> Settings:
+        taken = {d.id for d in self.destinations}
+        for c in self.channels:
+            if c.writeback_id is not None and c.writeback_id in taken:
+                raise ValueError(
+                    f"destination id {c.writeback_id!r} is reserved for channel {c.id!r}'s"
+                    " write-back"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _stock_publishing_locations(self) -> Settings:
+        known = {loc.id for loc in self.locations}
+        for c in self.channels:
+            sp = c.stock_publishing
+            if sp is None or not sp.enabled:
+                continue
+            if not known:
+                raise ValueError(f"channel {c.id!r}: stock_publishing needs locations")
+            unknown = sorted(set(sp.locations or ()) - known)
+            if unknown:
+                raise ValueError(
+                    f"channel {c.id!r}: stock_publishing.locations has unknown {unknown}"
+                )
+        pools: dict[str, list[StockPublishingConfig]] = {}
+        for c in self.channels:
+            sp = c.stock_publishing
+            if sp is not None and sp.enabled and sp.pool is not None:
+                pools.setdefault(sp.pool, []).append(sp)
+        for name, members in pools.items():
+            shapes = {(tuple(sorted(m.locations or known)), m.stale_after) for m in members}
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"stock pool {name!r}: its channels must pool the same locations"
+                    " with the same stale_after"
+                )
+            exclusive = sum((m.ratio for m in members if m.promise == "exclusive"), Decimal(0))
+            if exclusive > 1:
+                raise ValueError(
+                    f"stock pool {name!r}: exclusive ratios sum to {exclusive}, above 1"
+                )
+        return self
 
     @model_validator(mode="after")
     def _broker_needs_postgres(self) -> Settings:
@@ -386,6 +765,18 @@ class Settings(_Model):
 
     def channel(self, channel_id: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.id == channel_id), None)
+
+    @model_validator(mode="after")
+    def _rules_name_carriers(self) -> Settings:
+        known = {c.id for c in self.carriers}
+        for i, rule in enumerate(self.carrier_rules):
+            for name in (rule.carrier, *rule.fallback):
+                if name not in known:
+                    raise ValueError(
+                        f"carrier_rules[{i}] ({rule.id}): unknown carrier {name!r}"
+                        f" (configured: {', '.join(sorted(known)) or 'none'})"
+                    )
+        return self
 
     def carrier(self, carrier_id: str) -> CarrierConfig | None:
         return next((c for c in self.carriers if c.id == carrier_id), None)
@@ -429,6 +820,27 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping: PyYAML would keep the
+    last silently, so `carriers[0].mapping` could map one raw code to two statuses."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    mark = key_node.start_mark
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (line {mark.line + 1}, column {mark.column + 1})",
+                        mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+
+
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read `path` (or $ORDERSYNC_CONFIG); with neither, defaults plus environment."""
     env = os.environ if env is None else env
@@ -436,7 +848,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     raw: Any = {}
     if path:
         try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            content = Path(path).read_text(encoding="utf-8")
+            raw = yaml.load(content, _StrictLoader) or {}  # noqa: S506 - a SafeLoader subclass
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
         except yaml.YAMLError as e:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from ordersync.entrypoints.demo import run_demo
+from ordersync.entrypoints.demo_logistics import CARRIERS, LogisticsPlan
 from ordersync.entrypoints.process import HubProcess, free_port
 from ordersync.simulators.shopify_store import StoreSimulator
 from ordersync.simulators.sinks import FaultPlan, Sink, new_secret
@@ -41,6 +42,34 @@ async def test_a_sink_failing_its_first_two_attempts_gets_each_event_once_in_ord
 
     assert summary["sink_failures_injected"] == 2 * summary["deliveries_total"]
     assert summary["deliveries_succeeded"] == summary["deliveries_total"]
+    assert summary["problems"] == []
+    assert (summary["lost"], summary["duplicated"], summary["out_of_order"]) == (0, 0, 0)
+
+
+async def test_demo_parcels_get_delivered_and_each_stale_one_raises_one_alert() -> None:
+    """The paid orders are booked with Kdniao, Kuaidi100 and a generic carrier, driven by
+    signed callbacks to delivered; a tenth is never picked up and raises exactly one
+    no-pickup alert each (the demo's threshold is seconds, not 48 h); no other alert. A
+    few delivered orders come back by reverse pickup and are refunded to the cent."""
+    summary = await run_demo(
+        orders=150,
+        faults=False,
+        quiet=True,
+        crash=False,
+        logistics=LogisticsPlan(stale_share=0.1, stale_after=4.0),
+    )
+
+    booked = summary["shipments_booked"]
+    assert booked > 20  # the paid share of the store's orders
+    assert summary["shipments_stale"] == round(booked * 0.1)
+    assert summary["shipments_delivered"] == booked - summary["shipments_stale"]
+    assert summary["alerts_raised"] == summary["shipments_stale"]
+    assert summary["returns_booked"] >= 1  # ~5% of the delivered (those with SKUs)
+    assert summary["returns_received"] == summary["returns_booked"]
+    assert summary["logistics_problems"] == 0  # incl. each refund reaching the payment sink
+    rows = {row["carrier"]: row for row in summary["logistics"]}
+    assert set(rows) == {*CARRIERS, "total"}
+    assert all(rows[c]["booked"] > 0 and rows[c]["delivered"] > 0 for c in CARRIERS)
     assert summary["problems"] == []
     assert (summary["lost"], summary["duplicated"], summary["out_of_order"]) == (0, 0, 0)
 
@@ -74,6 +103,14 @@ def test_the_demo_command_with_faults_reports_nothing_lost_duplicated_or_out_of_
     assert summary["hub_killed_after_orders"] is not None
     assert (summary["lost"], summary["duplicated"], summary["out_of_order"]) == (0, 0, 0)
     assert (summary["woocommerce_orders"], summary["taobao_orders"]) == (400, 400)
+    # Logistics is part of the default run: every parcel but the stale tenth delivered,
+    # one alert per stale parcel.
+    assert summary["shipments_booked"] > 0
+    assert summary["shipments_delivered"] == (
+        summary["shipments_booked"] - summary["shipments_stale"]
+    )
+    assert summary["alerts_raised"] == summary["shipments_stale"]
+    assert summary["logistics_problems"] == 0
 
 
 async def test_sigterm_drains_in_flight_deliveries_and_records_them(tmp_path: Path) -> None:

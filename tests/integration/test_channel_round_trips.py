@@ -211,7 +211,7 @@ async def test_douyin_orders_are_pulled_through_signed_calls_into_the_hub(
         ("paid", "paid"),
         ("shipped", "paid"),
         ("cancelled", "refunded"),
-        ("shipped", "paid"),
+        ("completed", "paid"),
     ]
     assert stored[ids[1]][2]["totals"]["total"] == "169.70"
     assert shop.forged == 0

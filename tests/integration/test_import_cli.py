@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from openpyxl import Workbook
 from sqlalchemy import text
 
 from ordersync.bootstrap import build_hub
@@ -181,14 +183,135 @@ async def test_the_error_report_is_a_table_without_json(hub_config: Path, tmp_pa
     assert "qty" in out
 
 
-async def test_unknown_policies_and_spreadsheets_are_refused_up_front(
+async def test_unknown_policies_and_old_xls_workbooks_are_refused_up_front(
     hub_config: Path, tmp_path: Path
 ) -> None:
-    """A typo in --on-error, or an .xlsx file, stops with exit 2 before anything is read."""
+    """A typo in --on-error, or a pre-2007 .xls file, stops with exit 2 before anything is
+    read."""
     code, _, err = await run_import(hub_config, csv_file(tmp_path, GOOD_ROWS), "--on-error", "x")
     assert code == 2
     assert "reject-file" in err
-    xlsx = csv_file(tmp_path, "not really a sheet", "orders.xlsx")
-    code, _, err = await run_import(hub_config, xlsx)
+    xls = csv_file(tmp_path, "not really a sheet", "orders.xls")
+    code, _, err = await run_import(hub_config, xls)
     assert code == 2
-    assert "CSV" in err
+    assert ".xlsx" in err
+
+
+# ---- spreadsheets ---------------------------------------------------------------------------
+
+HEADER = ["order_no", "status", "buyer", "order_total", "sku", "qty", "price", "changed"]
+NOON = datetime(2026, 11, 22, 12, 0)  # a time cell: Excel keeps no zone
+
+
+def xlsx_file(tmp_path: Path, rows: list[list[Any]], *, sheet: str = "订单") -> Path:
+    """A workbook whose `sheet` holds the header and `rows` (numbers as numbers)."""
+    book = Workbook()
+    ws = book.active
+    assert ws is not None
+    ws.title = sheet
+    for row in [HEADER, *rows]:
+        ws.append(row)
+    path = tmp_path / "orders.xlsx"
+    book.save(path)
+    return path
+
+
+GOOD_SHEET: list[list[Any]] = [
+    ["B-3001", "paid", "周先生", 19.9 + 0.3, "TEA-1", 1, 19.9, NOON],
+    ["B-3001", "paid", "周先生", 19.9 + 0.3, "TEA-2", 1, 0.1 + 0.2, NOON],
+    ["B-3002", "new", "Zoë Ångström", 5, "TEA-3", 1, 5, "2026-11-22 12:05"],
+]
+BAD_SHEET: list[list[Any]] = [
+    ["B-3003", "paid", "钱女士", -3, "TEA-3", 1, 3, NOON],
+    ["B-3004", "lost", "孙先生", 3, "TEA-3", 1, 3, NOON],
+]
+
+
+async def test_a_sheet_is_imported_with_the_csv_mapping_and_exact_money(
+    hub_config: Path, tmp_path: Path
+) -> None:
+    """The same mapping reads the sheet: money cells land as exact decimals, times in UTC,
+    non-ASCII names intact; a second import is all duplicates."""
+    file = xlsx_file(tmp_path, GOOD_SHEET)
+
+    code, out, err = await run_import(hub_config, file, "--json")
+    again_code, again, _ = await run_import(hub_config, file, "--json")
+
+    assert code == 0, err
+    assert report(out)["summary"]["outcome_created"] == 2
+    assert (again_code, report(again)["summary"]["outcome_duplicate"]) == (0, 2)
+    docs = await stored_docs(hub_config)
+    assert docs["B-3001"]["totals"]["total"] == "20.2"
+    assert [line["unit_price"] for line in docs["B-3001"]["lines"]] == ["19.9", "0.3"]
+    assert docs["B-3001"]["channel_updated_at"] == "2026-11-22T04:00:00Z"
+    assert docs["B-3002"]["customer"]["name"] == "Zoë Ångström"
+
+
+@pytest.mark.parametrize(
+    ("policy", "exit_code", "imported", "unmappable"),
+    [("reject-file", 1, set(), 0), ("skip-bad-rows", 0, {"B-3001", "B-3002"}, 0),
+     ("reject-bad-rows", 1, {"B-3001", "B-3002"}, 2)],
+)  # fmt: skip
+async def test_bad_sheet_rows_follow_the_error_policy(
+    hub_config: Path,
+    tmp_path: Path,
+    policy: str,
+    exit_code: int,
+    imported: set[str],
+    unmappable: int,
+) -> None:
+    """Each policy as for CSV; bad rows are reported by row (1 = first data row) and field."""
+    file = xlsx_file(tmp_path, GOOD_SHEET + BAD_SHEET)
+
+    code, out, _ = await run_import(hub_config, file, "--on-error", policy, "--json")
+
+    assert code == exit_code
+    errors = report(out)["errors"]
+    assert [(e["row"], e["field"]) for e in errors] == [(4, "order_total"), (5, "status")]
+    orders, inbox = await stored(hub_config)
+    assert set(orders) == imported
+    assert [t for t, _ in inbox].count("import:unmappable") == unmappable
+
+
+async def test_a_named_sheet_is_read_and_an_unknown_one_is_a_usage_error(
+    hub_config: Path, tmp_path: Path
+) -> None:
+    """--sheet picks the sheet; a sheet the workbook lacks stops with exit 2, naming the
+    sheets it has."""
+    file = xlsx_file(tmp_path, GOOD_SHEET, sheet="十一月")
+
+    code, _, err = await run_import(hub_config, file, "--sheet", "Sheet1")
+    named, out, _ = await run_import(hub_config, file, "--sheet", "十一月", "--json")
+
+    assert code == 2
+    assert "十一月" in err
+    assert named == 0
+    assert report(out)["summary"]["outcome_created"] == 2
+
+
+async def test_a_file_named_xlsx_that_is_no_workbook_imports_nothing(
+    hub_config: Path, tmp_path: Path
+) -> None:
+    """Not a workbook: one error on row 0, nothing stored."""
+    file = csv_file(tmp_path, "order_no,status\nB-1,paid\n", "orders.xlsx")
+
+    code, out, _ = await run_import(hub_config, file, "--json")
+
+    assert code == 1
+    (error,) = report(out)["errors"]
+    assert error["row"] == 0
+    assert "not a readable .xlsx workbook" in error["problem"]
+    assert await stored(hub_config) == ({}, [])
+
+
+async def stored_docs(config: Path) -> dict[str, Any]:
+    """external_id -> the stored order document."""
+    raw = yaml.safe_load(await asyncio.to_thread(config.read_text))
+    hub = build_hub(settings_from_mapping(raw, env={}))
+    await hub.start(dispatch=False, pull=False)
+    try:
+        async with hub.db.read() as conn:
+            rows = await conn.execute(text("SELECT external_id, doc FROM orders"))
+            return {e: json.loads(d) if isinstance(d, str | bytes) else d for e, d in rows}
+    finally:
+        await hub.stop()

@@ -273,7 +273,7 @@ async def test_taobao_trades_are_pulled_through_signed_calls(
     assert [stored[str(t)][:2] for t in tids] == [
         ("pending", "pending"),
         ("paid", "paid"),
-        ("shipped", "paid"),
+        ("completed", "paid"),
         ("cancelled", "refunded"),
     ]
     assert top.forged == 0

@@ -110,6 +110,9 @@ async def start_world(
         hub = build_hub(settings)
         assert hub.shipments is not None
         hub.shipments.clock = clock
+        # These tests read the effect right after the ack: apply callbacks before answering
+        # (the asynchronous default is covered in test_tracking_async.py).
+        hub.shipments.inline_callbacks = True
         await hub.start()
         started.append(hub)
         return World(hub, client_for(hub, OPS_KEY), client_for(hub), carriers, clock)

@@ -5,10 +5,12 @@ the built-in connectors."""
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
 from ordersync.adapters.carriers import base, generic, kdniao, kuaidi100
+from ordersync.config import ConfigError, load_settings, settings_from_mapping
 from ordersync.domain.shipments import CodeMapping, MappingTable, ShipmentStatus, find_conflicts
 
 TABLES = {"kdniao": kdniao.CODES, "kuaidi100": kuaidi100.CODES, "generic": generic.CODES}
@@ -76,3 +78,57 @@ def test_an_unknown_kind_has_no_connector() -> None:
     """Asking for a kind nobody provides is a clear error."""
     with pytest.raises(base.PluginError, match="no connector"):
         base.connector_for("pigeon-post")
+
+
+CARRIER_YAML = """
+carriers:
+  - id: kd100-yt
+    kind: kuaidi100
+    endpoint: https://poll.kuaidi100.example.test
+    mapping:
+      "3": delivered
+      "999": exception
+      "3": returned
+"""
+
+
+def test_a_configured_mapping_that_maps_one_raw_code_to_two_statuses_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    """YAML would keep the last of two equal keys silently; the loader refuses the file and
+    names the code and its line."""
+    path = tmp_path / "ordersync.yaml"
+    path.write_text(CARRIER_YAML, encoding="utf-8")
+
+    with pytest.raises(ConfigError, match=r"duplicate key '3' \(line 9"):
+        load_settings(path, env={})
+
+
+def test_a_configured_mapping_with_each_raw_code_once_overrides_the_built_in_table(
+    tmp_path: Path,
+) -> None:
+    """The same file without the repeat loads, and the carrier's table has no conflict."""
+    path = tmp_path / "ordersync.yaml"
+    path.write_text(CARRIER_YAML.replace('      "3": returned\n', ""), encoding="utf-8")
+
+    [carrier] = load_settings(path, env={}).carriers
+    table = kuaidi100.MAPPING.with_overrides(carrier.mapping)
+
+    assert find_conflicts(table.rows) == {}
+    assert table.lookup("999") is ShipmentStatus.EXCEPTION
+
+
+def test_a_configured_mapping_to_a_status_that_does_not_exist_is_refused_with_its_path() -> None:
+    """A typo in a canonical status fails at start-up, naming the carrier's key."""
+    raw = {
+        "carriers": [
+            {
+                "id": "kd100-yt",
+                "kind": "kuaidi100",
+                "endpoint": "https://poll.kuaidi100.example.test",
+                "mapping": {"3": "deliverd"},
+            }
+        ]
+    }
+    with pytest.raises(ConfigError, match=r"carriers\[0\]\.mapping\.3"):
+        settings_from_mapping(raw, env={})

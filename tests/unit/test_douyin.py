@@ -176,7 +176,7 @@ def test_huge_ids_sent_as_numbers_keep_every_digit() -> None:
         (2, OrderStatus.PAID, PaymentStatus.PAID),
         (101, OrderStatus.PAID, PaymentStatus.PAID),
         (3, OrderStatus.SHIPPED, PaymentStatus.PAID),
-        (5, OrderStatus.SHIPPED, PaymentStatus.PAID),
+        (5, OrderStatus.COMPLETED, PaymentStatus.PAID),
         (4, OrderStatus.CANCELLED, PaymentStatus.REFUNDED),
     ],
 )
@@ -227,3 +227,101 @@ def test_page_count_and_errors() -> None:
     bad = {"code": 30004, "msg": "签名校验失败", "sub_code": "isv.sign-invalid"}
     with pytest.raises(PullError, match="30004"):
         CONNECTOR.pull_response(channel(), HttpResponse(200, {}, json.dumps(bad).encode()), 5)
+
+
+# ---- pushes that name orders ----------------------------------------------------------------
+
+
+def messages(*found: tuple[str, str, Any]) -> bytes:
+    """A push of (tag, msg_id, data) messages; data as the platform sends it, a JSON string."""
+    return json.dumps(
+        [{"tag": tag, "msg_id": msg_id, "data": json.dumps(data)} for tag, msg_id, data in found]
+    ).encode()
+
+
+def test_trade_messages_name_the_orders_to_fetch_with_their_message_ids() -> None:
+    """Two messages about one order are one fetch keyed by both ids; p_id stays exact."""
+    body = messages(
+        ("101", "m-paid", {"p_id": HUGE_ID, "s_ids": [HUGE_ID + 1], "order_status": 2}),
+        ("102", "m-ship", {"p_id": HUGE_ID, "order_status": 3}),
+        ("200", "m-refund", {"p_id": 6_920_000_000_000_000_099, "aftersale_id": 7}),
+        ("400", "m-product", {"product_id": 36}),
+    )
+
+    pushed = CONNECTOR.pushed_orders(channel(), {"app-id": KEY}, body)
+
+    assert [(p.external_id, p.message_id, p.topic) for p in pushed] == [
+        ("6920000000000000001", "m-paid+m-ship", "douyin:batch"),
+        ("6920000000000000099", "m-refund", "douyin:200"),
+    ]
+
+
+def test_without_an_access_token_a_push_is_only_recorded() -> None:
+    """No token, nothing to fetch with: the push names no orders to fetch."""
+    body = messages(("101", "m-1", {"p_id": HUGE_ID}))
+    raw = {"id": "dy", "kind": "douyin", "app_key": KEY, "app_secret": SECRET}
+    (tokenless,) = settings_from_mapping({"channels": [raw]}, env={}).channels
+
+    assert CONNECTOR.pushed_orders(tokenless, {}, body) == ()
+
+
+def test_a_message_whose_data_is_not_json_is_refused_with_its_path() -> None:
+    """data must decode; the 422 names the message."""
+    body = json.dumps([{"tag": "101", "msg_id": "m-1", "data": "{not json"}]).encode()
+
+    with pytest.raises(InboundError) as e:
+        CONNECTOR.pushed_orders(channel(), {}, body)
+
+    assert (e.value.status, e.value.path) == (422, "[0].data")
+
+
+def test_the_detail_request_is_a_signed_order_detail_call() -> None:
+    """order.orderDetail with shop_order_id, signed like every call."""
+    request = CONNECTOR.detail_request(
+        channel(), "6920000000000000001", now=datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
+    )
+
+    params = dict(request.params)
+    assert request.url.endswith("/order/orderDetail")
+    assert params["method"] == "order.orderDetail"
+    assert json.loads(params["param_json"]) == {"shop_order_id": "6920000000000000001"}
+    assert dy.verify_call(params, SECRET)
+
+
+def test_the_detail_answer_maps_like_a_search_result() -> None:
+    """shop_order_detail maps to the same snapshot; errors throttle or stop."""
+    data = {
+        "code": 10000,
+        "msg": "success",
+        "data": {"shop_order_detail": make_order(HUGE_ID, UPDATED)},
+    }
+    body = json.dumps(data, ensure_ascii=False).encode()
+
+    pulled = CONNECTOR.detail_response(channel(), HttpResponse(200, {}, body))
+
+    assert pulled.snapshot is not None
+    assert pulled.snapshot == one(make_order(HUGE_ID, UPDATED)).snapshot
+    limited = {"code": 50002, "msg": "调用频率超限", "sub_code": "isp.rate-limited"}
+    with pytest.raises(Throttled):
+        CONNECTOR.detail_response(channel(), HttpResponse(200, {}, json.dumps(limited).encode()))
+    with pytest.raises(PullError):
+        CONNECTOR.detail_response(channel(), HttpResponse(200, {}, b'{"code": 10000, "data": {}}'))
+
+
+# ---- closed after shipping ------------------------------------------------------------------
+
+
+def test_an_order_closed_after_shipping_is_refunded_not_cancelled() -> None:
+    """Status 4 with a ship_time: the goods left, so the order stays shipped, refunded."""
+    order = {**make_order(HUGE_ID, UPDATED, status=4), "ship_time": int(UPDATED.timestamp())}
+
+    snap = one(order).snapshot
+
+    assert (snap.status, snap.payment_status) == (OrderStatus.SHIPPED, PaymentStatus.REFUNDED)
+
+
+def test_an_order_closed_before_shipping_is_cancelled() -> None:
+    """Status 4, paid, no ship_time: cancelled and refunded, as before."""
+    snap = one(make_order(HUGE_ID, UPDATED, status=4)).snapshot
+
+    assert (snap.status, snap.payment_status) == (OrderStatus.CANCELLED, PaymentStatus.REFUNDED)

@@ -14,7 +14,9 @@ import pytest
 from ordersync.adapters.channels import jd
 from ordersync.adapters.channels.base import HttpResponse, PullError, Throttled, Window
 from ordersync.config import JdChannel, settings_from_mapping
+from ordersync.domain.events import EventType
 from ordersync.domain.order_status import OrderStatus, PaymentStatus
+from ordersync.domain.orders import Order
 from ordersync.simulators.jd_jos import make_order
 
 SECRET = "jos-secret-puer"
@@ -133,7 +135,7 @@ def test_huge_order_ids_keep_every_digit_as_numbers_or_strings() -> None:
     [
         ("WAIT_SELLER_STOCK_OUT", OrderStatus.PAID),
         ("WAIT_GOODS_RECEIVE_CONFIRM", OrderStatus.SHIPPED),
-        ("FINISHED_L", OrderStatus.SHIPPED),
+        ("FINISHED_L", OrderStatus.COMPLETED),
         ("TRADE_CANCELED", OrderStatus.CANCELLED),
         ("LOCKED", OrderStatus.ON_HOLD),
         ("POP_ORDER_PAUSE", OrderStatus.ON_HOLD),
@@ -221,3 +223,62 @@ def test_a_failed_api_result_is_a_pull_error() -> None:
 def test_jd_channels_refuse_pushes() -> None:
     """JD is pull-only; its connector never verifies a webhook."""
     assert not CONNECTOR.verify(channel(), {}, b"{}")
+
+
+# ---- finished and closed after shipping -------------------------------------------------
+
+
+NOW = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
+
+
+def hub_order(order: dict[str, Any]) -> Order:
+    (pulled,) = pull([order]).orders
+    assert pulled.snapshot is not None, pulled.error
+    made = Order.create("ord_PUER", pulled.snapshot, cause="jd:pull", message_id="m", at=NOW)
+    made.take_changes()
+    return made
+
+
+def shipped_then_cancelled() -> dict[str, Any]:
+    """Paid, out of the warehouse with a waybill, then cancelled (intercepted, refunded)."""
+    order = make_order(HUGE_ID, CHINA_NOON.replace(hour=18), state="TRADE_CANCELED")
+    order["paymentConfirmTime"] = jd.jos_time(CHINA_NOON)
+    order["outBoundDate"] = jd.jos_time(CHINA_NOON.replace(hour=14))
+    order["waybill"] = "JDVA00012345678"
+    return order
+
+
+def test_a_finished_order_first_seen_is_created_completed() -> None:
+    """FINISHED_L read first by a backfill: the order starts completed."""
+    order = hub_order(make_order(HUGE_ID, CHINA_NOON, state="FINISHED_L"))
+
+    assert (order.status, order.payment_status) == (OrderStatus.COMPLETED, PaymentStatus.PAID)
+
+
+def test_an_order_cancelled_after_leaving_the_warehouse_is_a_refund() -> None:
+    """TRADE_CANCELED with an out-bound date: still shipped, payment refunded, announced."""
+    order = hub_order(make_order(HUGE_ID, CHINA_NOON, state="WAIT_GOODS_RECEIVE_CONFIRM"))
+    (pulled,) = pull([shipped_then_cancelled()]).orders
+    assert pulled.snapshot is not None
+
+    order.sync(pulled.snapshot, cause="jd:pull", message_id="m-2", at=NOW)
+
+    assert (order.status, order.payment_status) == (OrderStatus.SHIPPED, PaymentStatus.REFUNDED)
+    assert [e.type for e in order.new_events] == [
+        EventType.ORDER_UPDATED,
+        EventType.ORDER_REFUNDED,
+    ]
+
+
+def test_an_order_cancelled_before_shipping_stays_a_cancellation() -> None:
+    """Paid, cancelled before out-bound: cancelled and refunded, as before."""
+    order = make_order(HUGE_ID, CHINA_NOON, state="TRADE_CANCELED")
+    order["paymentConfirmTime"] = jd.jos_time(CHINA_NOON)
+
+    (pulled,) = pull([order]).orders
+
+    assert pulled.snapshot is not None
+    assert (pulled.snapshot.status, pulled.snapshot.payment_status) == (
+        OrderStatus.CANCELLED,
+        PaymentStatus.REFUNDED,
+    )

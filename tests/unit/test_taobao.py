@@ -15,7 +15,9 @@ import pytest
 from ordersync.adapters.channels import taobao as top
 from ordersync.adapters.channels.base import HttpResponse, PullError, Throttled, Window
 from ordersync.config import TaobaoChannel, settings_from_mapping
+from ordersync.domain.events import EventType
 from ordersync.domain.order_status import OrderStatus, PaymentStatus
+from ordersync.domain.orders import Order, OrderSnapshot
 from ordersync.simulators.taobao_top import make_trade, to_xml
 
 SECRET = "top-secret-longjing"
@@ -154,8 +156,8 @@ def test_sub_orders_become_lines_with_their_own_ids_and_discounts() -> None:
         ("WAIT_SELLER_SEND_GOODS", OrderStatus.PAID, PaymentStatus.PAID),
         ("SELLER_CONSIGNED_PART", OrderStatus.PAID, PaymentStatus.PAID),
         ("WAIT_BUYER_CONFIRM_GOODS", OrderStatus.SHIPPED, PaymentStatus.PAID),
-        ("TRADE_BUYER_SIGNED", OrderStatus.SHIPPED, PaymentStatus.PAID),
-        ("TRADE_FINISHED", OrderStatus.SHIPPED, PaymentStatus.PAID),
+        ("TRADE_BUYER_SIGNED", OrderStatus.DELIVERED, PaymentStatus.PAID),
+        ("TRADE_FINISHED", OrderStatus.COMPLETED, PaymentStatus.PAID),
         ("TRADE_CLOSED", OrderStatus.CANCELLED, PaymentStatus.REFUNDED),
         ("TRADE_CLOSED_BY_TAOBAO", OrderStatus.CANCELLED, PaymentStatus.VOIDED),
     ],
@@ -200,6 +202,111 @@ def test_refunds_of_every_sub_order_refund_the_payment() -> None:
 
     assert pulled.snapshot is not None
     assert pulled.snapshot.payment_status is PaymentStatus.REFUNDED
+
+
+def snapshot_of(trade: dict[str, Any]) -> OrderSnapshot:
+    (pulled,) = pull([trade]).orders
+    assert pulled.snapshot is not None, pulled.error
+    return pulled.snapshot
+
+
+def hub_order(trade: dict[str, Any]) -> Order:
+    """The hub's order for `trade`, created from its pulled state (changes taken)."""
+    order = Order.create(
+        "ord_LONGJING", snapshot_of(trade), cause="taobao:pull", message_id="m-0", at=CHINA_NOON
+    )
+    order.take_changes()
+    return order
+
+
+def sync_to(order: Order, trade: dict[str, Any]) -> list[EventType]:
+    order.sync(snapshot_of(trade), cause="taobao:pull", message_id="m-1", at=CHINA_NOON)
+    _, events = order.take_changes()
+    return [e.type for e in events]
+
+
+def test_a_finished_trade_first_seen_by_a_backfill_creates_a_completed_order() -> None:
+    """TRADE_FINISHED arriving first (a backfill) is created completed, and says so."""
+    trade = make_trade(HUGE_TID, CHINA_NOON, status="TRADE_FINISHED")
+
+    order = Order.create(
+        "ord_LONGJING", snapshot_of(trade), cause="taobao:pull", message_id="m-0", at=CHINA_NOON
+    )
+
+    assert (order.status, order.payment_status) == (OrderStatus.COMPLETED, PaymentStatus.PAID)
+    assert [e.type for e in order.new_events] == [
+        EventType.ORDER_CREATED,
+        EventType.ORDER_PAID,
+        EventType.ORDER_COMPLETED,
+    ]
+
+
+def test_a_paid_trade_seen_next_as_finished_completes_the_order() -> None:
+    """Between two pulls the trade shipped and finished: paid -> completed is accepted."""
+    order = hub_order(make_trade(HUGE_TID, CHINA_NOON))
+    later = CHINA_NOON.replace(hour=18)
+
+    events = sync_to(order, make_trade(HUGE_TID, later, status="TRADE_FINISHED"))
+
+    assert order.status is OrderStatus.COMPLETED
+    assert events == [EventType.ORDER_UPDATED, EventType.ORDER_COMPLETED]
+
+
+def consigned(trade: dict[str, Any]) -> dict[str, Any]:
+    trade["consign_time"] = trade["modified"]
+    return trade
+
+
+def test_a_trade_closed_after_consignment_is_a_refund_not_a_cancellation() -> None:
+    """TRADE_CLOSED with a consign_time: goods went and came back; the money is refunded."""
+    order = hub_order(
+        consigned(make_trade(HUGE_TID, CHINA_NOON, status="WAIT_BUYER_CONFIRM_GOODS"))
+    )
+    closed = make_trade(HUGE_TID, CHINA_NOON.replace(hour=18), status="TRADE_CLOSED")
+
+    events = sync_to(order, consigned(closed))
+
+    assert (order.status, order.payment_status) == (OrderStatus.SHIPPED, PaymentStatus.REFUNDED)
+    assert events == [EventType.ORDER_UPDATED, EventType.ORDER_REFUNDED]
+
+
+def test_a_sub_order_consign_time_also_marks_the_trade_shipped() -> None:
+    """Split consignments stamp the sub-orders, not the trade: either counts."""
+    trade = make_trade(HUGE_TID, CHINA_NOON, status="TRADE_CLOSED")
+    trade["orders"]["order"][0]["consign_time"] = trade["modified"]
+
+    snap = snapshot_of(trade)
+
+    assert (snap.status, snap.payment_status) == (OrderStatus.SHIPPED, PaymentStatus.REFUNDED)
+
+
+def test_a_trade_closed_before_consignment_is_still_a_cancellation() -> None:
+    """Paid, refunded and closed before anything shipped: cancelled and refunded."""
+    order = hub_order(make_trade(HUGE_TID, CHINA_NOON))
+
+    events = sync_to(
+        order, make_trade(HUGE_TID, CHINA_NOON.replace(hour=18), status="TRADE_CLOSED")
+    )
+
+    assert (order.status, order.payment_status) == (OrderStatus.CANCELLED, PaymentStatus.REFUNDED)
+    assert events == [EventType.ORDER_UPDATED, EventType.ORDER_CANCELLED, EventType.ORDER_REFUNDED]
+
+
+def test_a_refunded_sub_order_of_a_finished_trade_partially_refunds_it() -> None:
+    """One teacup of two refunded on a finished trade: completed, partially refunded."""
+    subs = [sub_order(1, "SUCCESS"), sub_order(2, "NO_REFUND")]
+    order = hub_order(
+        make_trade(HUGE_TID, CHINA_NOON, status="WAIT_BUYER_CONFIRM_GOODS", subs=subs)
+    )
+    finished = make_trade(HUGE_TID, CHINA_NOON.replace(hour=18), status="TRADE_FINISHED", subs=subs)
+
+    events = sync_to(order, finished)
+
+    assert (order.status, order.payment_status) == (
+        OrderStatus.COMPLETED,
+        PaymentStatus.PARTIALLY_REFUNDED,
+    )
+    assert EventType.ORDER_COMPLETED in events
 
 
 def test_a_trade_without_buyer_or_sku_keeps_those_absent() -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ordersync.domain.delivery import DeliveryState
+from ordersync.service.carrier_booking import CarrierCallObserver
 from ordersync.service.delivery_ports import AttemptOutcome
 from ordersync.service.dispatcher import DeliveryObserver
 from ordersync.service.relay import RelayObserver
+from ordersync.service.shipments import AlertObserver
+from ordersync.service.stock_publisher import StockPushObserver
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -94,6 +99,65 @@ class Metrics(DeliveryObserver):
             registry=r,
             multiprocess_mode="livesum",
         )
+
+        self.alerts_raised = Counter(
+            "ordersync_alerts_raised",
+            "Shipment alerts raised, by rule (each (shipment, rule) at most once).",
+            ["rule"],
+            registry=r,
+        )
+        self.alerts_open = Gauge(
+            "ordersync_alerts_open",
+            "Unresolved shipment alerts by rule (open or acknowledged).",
+            ["rule"],
+            registry=r,
+            multiprocess_mode="mostrecent",  # every process reads the same table
+        )
+        self.carrier_calls = Counter(
+            "ordersync_carrier_calls",
+            "Calls to carriers by operation (book, cancel, poll) and outcome (ok, error);"
+            " a failed book is followed by the rule's next fallback carrier.",
+            ["carrier", "operation", "outcome"],
+            registry=r,
+        )
+        self.stock_pushes = Counter(
+            "ordersync_stock_pushes",
+            "Channel stock push attempts by outcome (pushed, failed: retried, rejected:"
+            " refused by the platform, not retried at once).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+
+    def carrier_call_observer(self) -> CarrierCallObserver:
+        metrics = self
+
+        class _Observer:
+            def called(self, carrier_id: str, operation: str, outcome: str) -> None:
+                metrics.carrier_calls.labels(carrier_id, operation, outcome).inc()
+
+        return _Observer()
+
+    def stock_push_observer(self) -> StockPushObserver:
+        metrics = self
+
+        class _Observer:
+            def push_attempted(self, channel_id: str, outcome: str) -> None:
+                metrics.stock_pushes.labels(channel_id, outcome).inc()
+
+        return _Observer()
+
+    def alert_observer(self) -> AlertObserver:
+        metrics = self
+
+        class _Observer:
+            def raised(self, rule: str) -> None:
+                metrics.alerts_raised.labels(rule).inc()
+
+            def open_counts(self, counts: Mapping[str, int]) -> None:
+                for rule, n in counts.items():
+                    metrics.alerts_open.labels(rule).set(n)
+
+        return _Observer()
 
     def relay_observer(self) -> RelayObserver:
         metrics = self

@@ -122,18 +122,31 @@ class NoUpdate(_Rule):
 
 @dataclass(frozen=True)
 class DeliveryOverdue(_Rule):
-    """Not delivered by the promised date (plus `grace`)."""
+    """Not delivered by the promised date (plus `grace`).
+
+    The promise is the shipment's own (`promised_by`, from the booking or the order); a
+    shipment promised nothing is held to `default_transit` after booking, if one is set.
+    """
 
     grace: timedelta = timedelta(0)
+    default_transit: timedelta | None = None
     kind: AlertKind = AlertKind.DELIVERY_OVERDUE
 
+    def promised(self, shipment: Shipment) -> datetime | None:
+        if shipment.promised_by is not None:
+            return shipment.promised_by
+        if self.default_transit is not None:
+            return shipment.booked_at + self.default_transit
+        return None
+
     def due_at(self, shipment: Shipment) -> datetime | None:
-        if shipment.promised_by is None or shipment.is_terminal:
+        promised = self.promised(shipment)
+        if promised is None or shipment.is_terminal:
             return None
-        return shipment.promised_by + self.grace
+        return promised + self.grace
 
     def detail(self, shipment: Shipment) -> str:
-        return f"not delivered by the promised {shipment.promised_by}"
+        return f"not delivered by the promised {self.promised(shipment)}"
 
 
 @dataclass(frozen=True)
@@ -181,6 +194,30 @@ def default_rules(
         PickupPointWait(pickup_point_wait),
         TrackingCorrected(),
     )
+
+
+def build_rules(
+    *,
+    no_pickup: timedelta | None = timedelta(hours=48),
+    no_update: timedelta | None = timedelta(hours=72),
+    overdue_grace: timedelta | None = timedelta(0),
+    default_transit: timedelta | None = None,
+    pickup_point_wait: timedelta | None = timedelta(hours=72),
+    tracking_corrected: bool = True,
+) -> tuple[Rule, ...]:
+    """The configured rules; None (or False) leaves a rule out."""
+    rules: list[Rule] = []
+    if no_pickup is not None:
+        rules.append(NoPickup(no_pickup))
+    if no_update is not None:
+        rules.append(NoUpdate(no_update))
+    if overdue_grace is not None:
+        rules.append(DeliveryOverdue(overdue_grace, default_transit))
+    if pickup_point_wait is not None:
+        rules.append(PickupPointWait(pickup_point_wait))
+    if tracking_corrected:
+        rules.append(TrackingCorrected())
+    return tuple(rules)
 
 
 def evaluate(shipment: Shipment, now: datetime, rules: Iterable[Rule]) -> list[Alert]:

@@ -6,10 +6,12 @@ times are RFC 3339 in UTC with a `Z`; ids are strings, so 64-bit channel ids kee
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from ordersync.domain.inventory import RoutingRecord
 from ordersync.domain.order_status import HoldReason, OrderStatus, PaymentStatus
 from ordersync.domain.orders import Address, Customer, Order, OrderLine, Totals
 
@@ -91,6 +93,54 @@ def order_to_dict(o: Order) -> dict[str, Any]:
         "channel_updated_at": fmt_time(o.channel_updated_at),
         "version": o.version,
     }
+
+
+def routing_doc(record: RoutingRecord) -> dict[str, Any]:
+    """A stored routing decision as the order API shows it (`routing`)."""
+    return {
+        "outcome": record.outcome,
+        "locations": list(record.locations),
+        "backordered": dict(record.backordered),
+        "explanation": dict(record.explanation),
+        "decided_at": fmt_time(record.decided_at),
+    }
+
+
+def with_fulfilment(
+    doc: dict[str, Any],
+    allocations: Iterable[tuple[str, str, int]],
+    routing: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The order JSON plus where each line's units come from and why.
+
+    `allocations`: (sku, location id, units) the order holds or shipped; they are dealt to
+    the order's lines in line order (two lines of one SKU share its allocations).
+    `routing`: the last routing decision (`routing_doc`), or None if none was made.
+    """
+    left: dict[str, list[list[Any]]] = {}
+    for sku, loc, qty in allocations:
+        queue = left.setdefault(sku, [])
+        for slot in queue:
+            if slot[0] == loc:
+                slot[1] += qty
+                break
+        else:
+            queue.append([loc, qty])
+    lines = []
+    for line in doc["lines"]:
+        need, allocs = int(line["quantity"]), []
+        queue = left.get(line["sku"], [])
+        while need > 0 and queue:
+            loc, have = queue[0]
+            take = min(need, have)
+            allocs.append({"location_id": loc, "quantity": take})
+            need -= take
+            if take == have:
+                queue.pop(0)
+            else:
+                queue[0][1] = have - take
+        lines.append({**line, "allocations": allocs})
+    return {**doc, "lines": lines, "routing": routing}
 
 
 def totals_from_dict(d: dict[str, Any]) -> Totals:

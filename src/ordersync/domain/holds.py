@@ -183,6 +183,17 @@ def default_rules(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class HoldPolicy:
+    """The configured audit: the rules an order is checked against on create and update."""
+
+    rules: tuple[AuditRule, ...] = ()
+
+    @property
+    def manages_stock_shortage(self) -> bool:
+        return any(r.reason is HoldReason.STOCK_SHORTAGE for r in self.rules)
+
+
 class HoldAction(StrEnum):
     NONE = "none"  # nothing changes
     HOLD = "hold"  # the order goes on hold with `reasons`

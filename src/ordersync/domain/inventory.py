@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from ordersync.domain.errors import DomainError, InvalidTransition
+
+if TYPE_CHECKING:  # routing builds on this module's Location
+    from ordersync.domain.routing import RoutingSetup
 
 
 class LocationKind(StrEnum):
@@ -192,11 +196,39 @@ class Inventory:
     dirty_levels: set[tuple[str, str]] = field(default_factory=set)
     new_reservations: set[str] = field(default_factory=set)
     dirty_reservations: set[str] = field(default_factory=set)
+    # Routing: the decisions made (stored with their order) and the shipments each
+    # location was given per UTC day (its capacity use), both written at commit.
+    new_decisions: dict[str, RoutingRecord] = field(default_factory=dict)
+    assigned: dict[tuple[str, str], int] = field(default_factory=dict)  # (loc, day) -> n
+    new_assigned: dict[tuple[str, str], int] = field(default_factory=dict)
     _by_sku: dict[str, list[StockLevel]] = field(default_factory=dict, repr=False)
+    # order id -> its reservations (any state): `held_for` is asked once per order of a
+    # batch, and scanning every reservation of the batch each time was quadratic.
+    _by_order: dict[str, list[Reservation]] = field(default_factory=dict, repr=False)
+    _indexed: int = field(default=0, repr=False)  # len(reservations) the index covers
 
     def __post_init__(self) -> None:
         for level in self.levels.values():
             self._by_sku.setdefault(level.sku, []).append(level)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._by_order = {}
+        for res in self.reservations.values():
+            self._by_order.setdefault(res.order_id, []).append(res)
+        self._indexed = len(self.reservations)
+
+    def add_reservation(self, res: Reservation) -> Reservation:
+        """A reservation loaded from storage (the one already known wins)."""
+        known = self.reservations.get(res.id)
+        if known is not None:
+            return known
+        if self._indexed != len(self.reservations):
+            self._reindex()
+        self.reservations[res.id] = res
+        self._by_order.setdefault(res.order_id, []).append(res)
+        self._indexed += 1
+        return res
 
     def add_level(self, level: StockLevel) -> StockLevel:
         """A level loaded from storage (the one already known wins)."""
@@ -212,9 +244,9 @@ class Inventory:
         return self._by_sku.get(sku, [])
 
     def held_for(self, order_id: str) -> list[Reservation]:
-        return [
-            r for r in self.reservations.values() if r.order_id == order_id and r.state is R.HELD
-        ]
+        if self._indexed != len(self.reservations):  # someone filled the dict directly
+            self._reindex()
+        return [r for r in self._by_order.get(order_id, ()) if r.state is R.HELD]
 
     # ---- reservations -------------------------------------------------------------------
     def reserve(
@@ -248,26 +280,89 @@ class Inventory:
                     )
                 )
             return None
-        made = []
-        for level, qty in picks:
-            res = Reservation(new_id(), order_id, level.sku, level.location_id, qty, at, expires_at)
-            self._change(level, MovementCause.ORDER, 0, qty, at, order_id, res.id)
-            self.reservations[res.id] = res
-            self.new_reservations.add(res.id)
-            self.new_events.append(
-                StockEvent(
-                    StockEventType.STOCK_RESERVED,
-                    level.sku,
-                    level.location_id,
-                    qty,
-                    level.available,
-                    at,
-                    order_id,
-                    MovementCause.ORDER,
+        return [self._hold(order_id, level, qty, at, expires_at, new_id) for level, qty in picks]
+
+    def reserve_allocations(
+        self,
+        order_id: str,
+        allocations: Iterable[tuple[str, str, int]],
+        *,
+        at: datetime,
+        expires_at: datetime | None,
+        new_id: Callable[[], str],
+    ) -> list[Reservation]:
+        """Reserve exactly these (sku, location, quantity): all or nothing.
+
+        A routing decision made from this inventory always fits; anything that does not
+        (a stale decision, a bug) raises `InsufficientStock` before any stock changes.
+        """
+        wanted: dict[tuple[str, str], int] = {}
+        for sku, loc, qty in allocations:
+            if qty <= 0:
+                raise InsufficientStock(f"{sku} at {loc}: quantity must be positive, got {qty}")
+            wanted[(sku, loc)] = wanted.get((sku, loc), 0) + qty
+        picks: list[tuple[StockLevel, int]] = []
+        for (sku, loc), qty in sorted(wanted.items()):
+            level = self._level(sku, loc)  # unknown location or no stock row: refused
+            if level.available < qty:
+                raise InsufficientStock(
+                    f"{sku} at {loc}: {qty} wanted, {level.available} available"
                 )
+            picks.append((level, qty))
+        return [self._hold(order_id, level, qty, at, expires_at, new_id) for level, qty in picks]
+
+    def record_shortage(self, order_id: str, short: Mapping[str, int], *, at: datetime) -> None:
+        """No location can serve the order: one `stock.shortage` per SKU short, nothing held."""
+        for sku, qty in sorted(short.items()):
+            available = sum(max(lv.available, 0) for lv in self.levels_of(sku))
+            self.new_events.append(
+                StockEvent(StockEventType.STOCK_SHORTAGE, sku, None, qty, available, at, order_id)
             )
-            made.append(res)
-        return made
+
+    def record_decision(self, record: RoutingRecord) -> None:
+        """Keep a routing decision for the order (the last one per order is stored)."""
+        self.new_decisions[record.order_id] = record
+        for loc in record.locations:
+            # Counted only where a capacity is set: a counter row every order updates
+            # would serialise orders of different SKUs that share a location.
+            location = self.locations.get(loc)
+            if location is None or location.capacity is None:
+                continue
+            key = (loc, record.day)
+            self.assigned[key] = self.assigned.get(key, 0) + 1
+            self.new_assigned[key] = self.new_assigned.get(key, 0) + 1
+
+    def take_decisions(self) -> tuple[list[RoutingRecord], dict[tuple[str, str], int]]:
+        decisions, assigned = list(self.new_decisions.values()), self.new_assigned
+        self.new_decisions, self.new_assigned = {}, {}
+        return decisions, assigned
+
+    def _hold(
+        self,
+        order_id: str,
+        level: StockLevel,
+        qty: int,
+        at: datetime,
+        expires_at: datetime | None,
+        new_id: Callable[[], str],
+    ) -> Reservation:
+        res = Reservation(new_id(), order_id, level.sku, level.location_id, qty, at, expires_at)
+        self._change(level, MovementCause.ORDER, 0, qty, at, order_id, res.id)
+        self.add_reservation(res)
+        self.new_reservations.add(res.id)
+        self.new_events.append(
+            StockEvent(
+                StockEventType.STOCK_RESERVED,
+                level.sku,
+                level.location_id,
+                qty,
+                level.available,
+                at,
+                order_id,
+                MovementCause.ORDER,
+            )
+        )
+        return res
 
     def release(self, res: Reservation, cause: MovementCause, *, at: datetime) -> None:
         """Give a held reservation back: cancellation, refund or expiry."""
@@ -412,6 +507,26 @@ class Inventory:
         return ledger, events
 
 
+@dataclass(frozen=True, slots=True)
+class RoutingRecord:
+    """A routing decision as stored with its order: why these locations, what waits."""
+
+    order_id: str
+    outcome: str  # routed | backordered | unroutable (domain/routing.py RoutingOutcome)
+    locations: tuple[str, ...]
+    backordered: Mapping[str, int]  # sku -> units waiting for stock (backorder/preorder)
+    explanation: Mapping[str, object]  # RoutingDecision.as_dict() plus its text
+    decided_at: datetime
+    # Unroutable only: sku -> units of each line no location could serve (retried when
+    # stock of that SKU arrives).
+    short: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def day(self) -> str:
+        """The UTC day whose capacity the decision uses (capacity is orders per day)."""
+        return self.decided_at.astimezone(UTC).date().isoformat()
+
+
 def replay(entries: Iterable[LedgerEntry]) -> dict[tuple[str, str], tuple[int, int]]:
     """(on_hand, reserved) per (SKU, location), rebuilt from the ledger alone."""
     out: dict[tuple[str, str], tuple[int, int]] = {}
@@ -434,6 +549,7 @@ class InventoryPolicy:
     reserve_on: Mapping[str, ReserveOn] = field(default_factory=dict)  # per channel id
     default_reserve_on: ReserveOn = ReserveOn.ACCEPTED
     unpaid_ttl: timedelta | None = timedelta(minutes=30)  # None: unpaid holds never lapse
+    routing: RoutingSetup | None = None  # None: the default rules over `locations`
 
     def reserves_on(self, channel_id: str) -> ReserveOn:
         return self.reserve_on.get(channel_id, self.default_reserve_on)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from ordersync.domain.errors import DomainError
 from ordersync.domain.holds import address_key
@@ -60,10 +61,25 @@ class ShipmentGroup:
 
 
 class GroupingEventType(StrEnum):
-    MERGED = "shipment_group.merged"
-    UNMERGED = "shipment_group.unmerged"
-    SPLIT = "shipment_group.split"
-    JOINED = "shipment_group.joined"
+    """Also the outbox event types: one event per order touched, on the order's own lane."""
+
+    MERGED = "order.merged"
+    UNMERGED = "order.unmerged"
+    SPLIT = "order.split"
+    JOINED = "order.joined"
+
+    @property
+    def cause(self) -> str:
+        """The order-history cause: `group:merge`, `group:unmerge`, `group:split`, `group:join`."""
+        return _CAUSES[self]
+
+
+_CAUSES = {
+    GroupingEventType.MERGED: "group:merge",
+    GroupingEventType.UNMERGED: "group:unmerge",
+    GroupingEventType.SPLIT: "group:split",
+    GroupingEventType.JOINED: "group:join",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +226,21 @@ def _cut(
                 left -= take
         if left:
             raise GroupingError(f"{item.sku} of {item.order_id}: {left} unit(s) have no part")
+    located = [(loc, items) for (loc, _), items in zip(parts, cut, strict=True)]
+    return _pieces(group, located, new_id, at, why)
+
+
+def _pieces(
+    group: ShipmentGroup,
+    located: Sequence[tuple[str | None, Sequence[GroupItem]]],
+    new_id: Callable[[int], str],
+    at: datetime,
+    why: str,
+) -> GroupingResult:
+    """The non-empty parts as groups cut from `group`; fewer than two parts: no split."""
     pieces = tuple(
         ShipmentGroup(new_id(n), tuple(items), group.address_key, loc, Origin.SPLIT, (group,))
-        for n, ((loc, _), items) in enumerate((p, c) for p, c in zip(parts, cut, strict=True) if c)
+        for n, (loc, items) in enumerate((loc, items) for loc, items in located if items)
     )
     if len(pieces) < 2:
         return GroupingResult((group,), ())
@@ -247,6 +275,32 @@ def split_by_location(
     if None in per_loc:
         parts.append((None, per_loc[None]))
     return _cut(group, parts, lambda n: f"{group.id}.{n + 1}", at, "by location")
+
+
+def split_by_allocation(
+    group: ShipmentGroup,
+    held: Mapping[tuple[str, str], Mapping[str, int]],
+    *,
+    at: datetime,
+) -> GroupingResult:
+    """One group per location holding units for the orders (`held`: (order, SKU) -> units
+    per location, e.g. their stock reservations); units held nowhere wait in a group of
+    their own. Per order, so two merged orders of one SKU keep their own locations."""
+    left = {key: dict(per_loc) for key, per_loc in held.items()}
+    by_loc: dict[str | None, list[GroupItem]] = {}
+    for item in group.items:
+        want = item.quantity
+        for loc in sorted(left.get((item.order_id, item.sku), {})):
+            per_loc = left[(item.order_id, item.sku)]
+            take = min(want, per_loc[loc])
+            if take > 0:
+                by_loc.setdefault(loc, []).append(GroupItem(item.order_id, item.sku, take))
+                per_loc[loc] -= take
+                want -= take
+        if want:
+            by_loc.setdefault(None, []).append(GroupItem(item.order_id, item.sku, want))
+    located = sorted(by_loc.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+    return _pieces(group, located, lambda n: f"{group.id}.{n + 1}", at, "by location")
 
 
 def split_by_availability(
@@ -288,3 +342,29 @@ def join(parts: Sequence[ShipmentGroup], *, at: datetime) -> GroupingResult:
         for o in whole.order_ids
     )
     return GroupingResult((whole,), history)
+
+
+# ---- storage form -----------------------------------------------------------------------
+
+
+def group_to_dict(g: ShipmentGroup) -> dict[str, Any]:
+    """Plain JSON, origin included (recursively): what `unmerge` and `join` give back."""
+    return {
+        "id": g.id,
+        "kind": g.kind.value,
+        "address_key": g.address_key,
+        "location_id": g.location_id,
+        "items": [{"order_id": i.order_id, "sku": i.sku, "quantity": i.quantity} for i in g.items],
+        "origin": [group_to_dict(o) for o in g.origin],
+    }
+
+
+def group_from_dict(d: Mapping[str, Any]) -> ShipmentGroup:
+    return ShipmentGroup(
+        id=d["id"],
+        items=tuple(GroupItem(i["order_id"], i["sku"], int(i["quantity"])) for i in d["items"]),
+        address_key=d.get("address_key"),
+        location_id=d.get("location_id"),
+        kind=Origin(d["kind"]),
+        origin=tuple(group_from_dict(o) for o in d.get("origin", ())),
+    )

@@ -56,8 +56,24 @@ ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.CANCELLED: frozenset(),
 }
 
-# Statuses an order may be created in.
-INITIAL_STATUSES = frozenset({S.PENDING, S.PAID, S.ON_HOLD, S.SHIPPED, S.CANCELLED})
+# Statuses an order may be created in. An order first seen after the platform finished it
+# (a backfill reading last month's trades) starts where the platform says it is, delivered
+# or completed included; ALLOCATED is the hub's own doing, so nothing arrives in it.
+INITIAL_STATUSES = frozenset(
+    {S.PENDING, S.PAID, S.ON_HOLD, S.SHIPPED, S.DELIVERED, S.COMPLETED, S.CANCELLED}
+)
+
+# What a channel may report beyond ALLOWED_TRANSITIONS: a later point of the happy path
+# than the next one. The platform went through the steps between (a pull every few minutes
+# sees an order paid, then already finished); they happened, we just did not see them.
+# Operators and the API still move one allowed step at a time.
+_SKIPPED_AHEAD = frozenset({S.DELIVERED, S.COMPLETED})
+CHANNEL_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    current: targets | _SKIPPED_AHEAD
+    if current in (S.PENDING, S.PAID, S.ALLOCATED, S.ON_HOLD)
+    else targets
+    for current, targets in ALLOWED_TRANSITIONS.items()
+}
 
 # Forward progress along the happy path. A channel that reports a status *behind* the
 # hub's (the hub allocated stock, the channel still says "paid") does not move it back.
@@ -89,6 +105,12 @@ PAYMENT_SECURED = frozenset({P.AUTHORIZED, P.PAID, P.PARTIALLY_REFUNDED})
 def check_transition(current: OrderStatus, target: OrderStatus) -> None:
     if target not in ALLOWED_TRANSITIONS[current]:
         raise InvalidTransition(current.value, target.value)
+
+
+def check_channel_transition(current: OrderStatus, reported: OrderStatus) -> None:
+    """A status change a channel reports (see CHANNEL_TRANSITIONS)."""
+    if reported not in CHANNEL_TRANSITIONS[current]:
+        raise InvalidTransition(current.value, reported.value)
 
 
 def check_payment_transition(current: PaymentStatus, target: PaymentStatus) -> None:

@@ -20,6 +20,7 @@ from ordersync.domain.order_status import (
     HoldReason,
     OrderStatus,
     PaymentStatus,
+    check_channel_transition,
     check_payment_transition,
     check_transition,
     is_behind,
@@ -176,10 +177,9 @@ class Order:
         order._emit(EventType.ORDER_CREATED, at)
         if snap.payment_status in PAYMENT_SECURED or snap.status is OrderStatus.PAID:
             order._emit(EventType.ORDER_PAID, at)
-        if snap.status is OrderStatus.CANCELLED:
-            order._emit(EventType.ORDER_CANCELLED, at)
-        elif snap.status is OrderStatus.SHIPPED:
-            order._emit(EventType.ORDER_SHIPPED, at)
+        # An order arriving shipped, delivered or completed announces where it arrived.
+        if snap.status in _ARRIVAL_EVENTS:
+            order._emit(_ARRIVAL_EVENTS[snap.status], at)
         return order
 
     # ---- queries ----------------------------------------------------------------------
@@ -246,6 +246,47 @@ class Order:
             raise InvalidOrder("order is not on hold")
         self.transition_to(self.held_from, cause=cause, at=at)
 
+    def change_hold_reasons(
+        self, reasons: tuple[HoldReason, ...], *, cause: str, at: datetime
+    ) -> bool:
+        """Why a held order is held changed (a cause cleared, another found); it stays on
+        hold. A new version and history entry; False if the reasons are the same."""
+        if self.status is not OrderStatus.ON_HOLD:
+            raise InvalidOrder("order is not on hold")
+        if not reasons:
+            raise InvalidOrder("an order on hold needs at least one reason")
+        if reasons == self.hold_reasons:
+            return False
+        self.hold_reasons = reasons
+        self._record(self.status, self.payment_status, cause, None, at, ("hold_reasons",))
+        return True
+
+    def annotate(
+        self,
+        cause: str,
+        *,
+        at: datetime,
+        changed: tuple[str, ...] = (),
+        message_id: str | None = None,
+    ) -> None:
+        """A change beside status and content (e.g. its shipment grouping): a new version and
+        a history entry, status unchanged. The caller emits the event that describes it."""
+        self.version += 1
+        self.updated_at = at
+        self.new_history.append(
+            HistoryEntry(
+                self.version,
+                self.status,
+                self.status,
+                self.payment_status,
+                self.payment_status,
+                cause,
+                message_id,
+                at,
+                changed,
+            )
+        )
+
     # ---- internals --------------------------------------------------------------------
     def _status_after_channel_report(
         self, reported: OrderStatus
@@ -258,12 +299,12 @@ class Order:
             # The hold stands; remember where the channel says the order now is.
             base = self.held_from or OrderStatus.PENDING
             if reported != base and not is_behind(reported, base):
-                check_transition(base, reported)
+                check_channel_transition(base, reported)
                 return current, reported
             return current, self.held_from
         if reported == current or is_behind(reported, current):
             return current, self.held_from
-        check_transition(current, reported)
+        check_channel_transition(current, reported)
         return reported, None
 
     def _record(
@@ -336,6 +377,13 @@ class Order:
 # Channel-reported statuses under which a hub hold stays in place (shipping or cancelling
 # on the platform overrides the hold).
 _HOLD_STAYS = frozenset({OrderStatus.PENDING, OrderStatus.PAID, OrderStatus.ALLOCATED})
+
+_ARRIVAL_EVENTS: dict[OrderStatus, EventType] = {
+    OrderStatus.CANCELLED: EventType.ORDER_CANCELLED,
+    OrderStatus.SHIPPED: EventType.ORDER_SHIPPED,
+    OrderStatus.DELIVERED: EventType.ORDER_DELIVERED,
+    OrderStatus.COMPLETED: EventType.ORDER_COMPLETED,
+}
 
 _STATUS_EVENTS: dict[OrderStatus, EventType] = {
     OrderStatus.PAID: EventType.ORDER_PAID,

@@ -11,15 +11,17 @@ when backorders are allowed or the SKU is a preorder. Everything is recorded in 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
 from ordersync.domain.errors import DomainError
-from ordersync.domain.inventory import Location
+from ordersync.domain.inventory import Location, RoutingRecord
 
 
 class RoutingError(DomainError):
@@ -530,6 +532,132 @@ def route(
 ) -> RoutingDecision:
     """Route with the default rules (see `Router` to compose others)."""
     return Router().route(request, sites, stock, policy, load)
+
+
+# ---- wiring: what the hub configures, and what it stores ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSetup:
+    """The configured routing: rules, where each location is, and how addresses map to
+    regions (keys `"CC-REGION"` then `"CC"`; an address whose country is not mapped has its
+    country code as region, so a location in region `"NL"` is local to Dutch addresses)."""
+
+    policy: RoutingPolicy = RoutingPolicy()
+    sites: Mapping[str, Site] = field(default_factory=dict)  # location id -> coordinates, costs
+    regions: Mapping[str, str] = field(default_factory=dict)
+    router: Router = Router()
+    # Decisions by the shape of their inputs (see `decide`), so a flash sale of one SKU
+    # routes once, not once per buyer. Bounded; emptied when full.
+    _memo: dict[Any, tuple[RoutingDecision, Mapping[str, Any]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def decide(
+        self,
+        request: RoutingRequest,
+        locations: Mapping[str, Location],
+        stock: Availability,
+        load: Mapping[str, int] | None,
+        at: datetime,
+    ) -> tuple[RoutingDecision, RoutingRecord]:
+        """Route with these rules, and the record to store with the order.
+
+        When every location has either none or all of each SKU the order wants, the
+        decision depends only on which do (not on how much), so it is reused for every
+        order of that shape: same inputs, same decision, explanation included.
+        """
+        key = _shape(request, locations, stock, load)
+        hit = self._memo.get(key) if key is not None else None
+        if hit is None:
+            decision = self.router.route(
+                request, self.sites_for(locations), stock, self.policy, load
+            )
+            hit = (decision, explanation_of(decision))
+            if key is not None:
+                if len(self._memo) >= _MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[key] = hit
+        else:
+            decision = dataclasses.replace(hit[0], order_id=request.order_id)
+        return decision, RoutingRecord(
+            request.order_id,
+            decision.outcome.value,
+            decision.locations,
+            decision.backordered,
+            hit[1],
+            at,
+            _short(decision),
+        )
+
+    def sites_for(self, locations: Mapping[str, Location]) -> list[Site]:
+        return [self.sites.get(i) or Site(loc) for i, loc in locations.items()]
+
+    def destination(self, country_code: str | None, region: str | None) -> Destination:
+        if not country_code:
+            return Destination()
+        cc = country_code.upper()
+        if region and (mapped := self.regions.get(f"{cc}-{region.upper()}")) is not None:
+            return Destination(mapped)
+        return Destination(self.regions.get(cc, cc))
+
+    def uses_capacity(self, locations: Mapping[str, Location]) -> bool:
+        return any(loc.capacity is not None for loc in locations.values())
+
+
+_MEMO_SIZE = 1024
+
+
+def _shape(
+    request: RoutingRequest,
+    locations: Mapping[str, Location],
+    stock: Availability,
+    load: Mapping[str, int] | None,
+) -> Any:
+    """The inputs a decision depends on when no location holds part of a SKU's quantity,
+    or None when one does (then how much it holds matters, and nothing is reused)."""
+    need = _merged_lines(request.lines)
+    held: list[bool] = []
+    for loc in locations:
+        for sku, q in need.items():
+            have = stock.get((sku, loc), 0)
+            if have < 0 or 0 < have < q:
+                return None
+            held.append(have > 0)
+    used = tuple(sorted(load.items())) if load else ()
+    return (
+        tuple(locations.values()),
+        request.channel_id,
+        request.destination,
+        tuple(need.items()),
+        tuple(held),
+        used,
+    )
+
+
+def explanation_of(decision: RoutingDecision) -> dict[str, Any]:
+    """The explanation as stored (the order id is its key): decision, candidates, text."""
+    explanation = decision.as_dict()
+    del explanation["order_id"]
+    explanation["text"] = decision.explanation.text()
+    return explanation
+
+
+def record_of(decision: RoutingDecision, at: datetime) -> RoutingRecord:
+    """What is stored with the order: the decision, and its explanation as text too."""
+    return RoutingRecord(
+        decision.order_id,
+        decision.outcome.value,
+        decision.locations,
+        decision.backordered,
+        explanation_of(decision),
+        at,
+        _short(decision),
+    )
+
+
+def _short(decision: RoutingDecision) -> dict[str, int]:
+    return {ln.sku: ln.quantity for ln in decision.lines if ln.short}
 
 
 # ---- dry run ----------------------------------------------------------------------------

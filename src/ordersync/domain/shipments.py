@@ -353,3 +353,71 @@ class MappingTable:
     ) -> TrackingEvent:
         """A tracking event with its raw code and text kept and its status mapped."""
         return TrackingEvent(carrier_time, raw_code, raw_text, self.lookup(raw_code), location)
+
+
+# ---- serialising a callback for the inbox ----------------------------------------------
+
+
+def update_to_dict(update: TrackingUpdate) -> dict[str, Any]:
+    """A verified, mapped callback as stored in the carrier inbox (applied later)."""
+    return {
+        "carrier_kind": update.carrier_kind,
+        "tracking_number": update.tracking_number,
+        "carrier_code": update.carrier_code,
+        "events": [e.to_dict() for e in update.events],
+        "snapshot": update.snapshot,
+        "raw_state": update.raw_state,
+        "state": None if update.state is None else str(update.state),
+        "corrections": [c.to_dict() for c in update.corrections],
+        "source_id": update.source_id,
+    }
+
+
+def update_from_dict(d: Mapping[str, Any]) -> TrackingUpdate:
+    state = d.get("state")
+    return TrackingUpdate(
+        carrier_kind=d["carrier_kind"],
+        tracking_number=d["tracking_number"],
+        carrier_code=d.get("carrier_code", ""),
+        events=tuple(TrackingEvent.from_dict(e) for e in d.get("events", ())),
+        snapshot=bool(d.get("snapshot", False)),
+        raw_state=d.get("raw_state", ""),
+        state=None if state is None else ShipmentStatus(state),
+        corrections=tuple(Correction(**c) for c in d.get("corrections", ())),
+        source_id=d.get("source_id", ""),
+    )
+
+
+# ---- an order's fulfilment, derived from its shipments -----------------------------------
+
+
+class FulfillmentStatus(StrEnum):
+    """How far an order's goods have gone, from its active shipments alone."""
+
+    UNFULFILLED = "unfulfilled"  # no shipment, or none picked up yet
+    PARTIALLY_SHIPPED = "partially_shipped"  # some shipments picked up, not all
+    SHIPPED = "shipped"  # every shipment picked up (or further)
+    DELIVERED = "delivered"  # every shipment delivered
+
+
+def fulfillment_of(shipments: Iterable[Shipment]) -> FulfillmentStatus:
+    """Pass the order's active shipments (a cancelled one ships nothing)."""
+    held = list(shipments)
+    if not held:
+        return FulfillmentStatus.UNFULFILLED
+    if all(s.status is ShipmentStatus.DELIVERED for s in held):
+        return FulfillmentStatus.DELIVERED
+    picked = [s.picked_up_at is not None or s.status is ShipmentStatus.DELIVERED for s in held]
+    if all(picked):
+        return FulfillmentStatus.SHIPPED
+    return FulfillmentStatus.PARTIALLY_SHIPPED if any(picked) else FulfillmentStatus.UNFULFILLED
+
+
+def delivered_at(shipments: Iterable[Shipment]) -> datetime | None:
+    """Carrier time of the last delivery among delivered shipments (None: none delivered)."""
+    times = [
+        e.carrier_time
+        for s in shipments
+        if s.status is ShipmentStatus.DELIVERED and (e := s.status_event) is not None
+    ]
+    return max(times, default=None)

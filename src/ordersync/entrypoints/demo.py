@@ -16,16 +16,25 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from ordersync.entrypoints.demo_channels import ChannelDriver, check, drivers_for
+from ordersync.entrypoints.demo_logistics import LogisticsDriver, LogisticsPlan, LogisticsReport
 from ordersync.entrypoints.process import HubProcess, free_port
 from ordersync.simulators.shopify_store import StoreReport, StoreSimulator
 from ordersync.simulators.sinks import FaultPlan, Sink, new_secret
@@ -48,7 +57,12 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def write_config(
-    workdir: Path, sinks: dict[str, Sink], faults: bool, extra: Sequence[ChannelDriver] = ()
+    workdir: Path,
+    sinks: dict[str, Sink],
+    faults: bool,
+    extra: Sequence[ChannelDriver] = (),
+    logistics: LogisticsDriver | None = None,
+    public_url: str | None = None,
 ) -> Path:
     destinations = [
         {
@@ -67,7 +81,7 @@ def write_config(
         }
         for name, sink in sinks.items()
     ]
-    config = {
+    config: dict[str, Any] = {
         "database_url": f"sqlite:///{workdir / 'ordersync.db'}",
         "log_level": "WARNING",
         "channels": [
@@ -83,6 +97,9 @@ def write_config(
             }
         ],
     }
+    if logistics is not None:
+        # Kuaidi100 subscriptions carry the hub's callback URL.
+        config.update({"public_url": public_url, **logistics.config()})
     path = workdir / "ordersync.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -98,10 +115,13 @@ async def run_demo(
     crash: bool | None = None,
     sink_faults: FaultPlan | None = None,
     channels: list[str] | None = None,
+    logistics: LogisticsPlan | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo and return its summary. `crash` (default: with `faults`) kills the
     hub with SIGKILL mid-burst and restarts it; `sink_faults` overrides the sinks' faults;
-    `channels` adds sales channels beside Shopify (each gets a fifth of `orders`, min 10)."""
+    `channels` adds sales channels beside Shopify (each gets a fifth of `orders`, min 10);
+    `logistics` (None: off) books the paid orders with the simulated carriers, tracks them
+    to delivered and lets a share go stale to raise alerts (entrypoints/demo_logistics.py)."""
     crash = faults if crash is None else crash
     extra = drivers_for([c for c in (channels or []) if c != "shopify"])
     console = Console(stderr=True, quiet=quiet)
@@ -115,9 +135,13 @@ async def run_demo(
         await sink.start()
     for driver in extra:
         await driver.start()
+    carriers = LogisticsDriver(logistics) if logistics is not None else None
+    if carriers is not None:
+        await carriers.start()
+    port = port or free_port()
     hub = HubProcess(
-        write_config(workdir, sinks, faults, extra),
-        port or free_port(),
+        write_config(workdir, sinks, faults, extra, carriers, f"http://127.0.0.1:{port}"),
+        port,
         log_path=workdir / "hub.log",
         env={"DEMO_SHOP_SECRET": shop_secret, "DEMO_API_KEY": api_key},
     )
@@ -129,7 +153,7 @@ async def run_demo(
     try:
         await hub.wait_ready()
         summary = await _drive(
-            hub, sinks, shop_secret, api_key, orders, faults, crash, console, extra
+            hub, sinks, shop_secret, api_key, orders, faults, crash, console, extra, carriers
         )
     finally:
         exit_code = hub.terminate()  # SIGTERM: drains and exits 0
@@ -137,6 +161,8 @@ async def run_demo(
             await sink.stop()
         for driver in extra:
             await driver.stop()
+        if carriers is not None:
+            await carriers.stop()
     summary["hub_exit_code"] = exit_code
     summary["workdir"] = str(workdir) if keep else None
     if not keep:
@@ -156,6 +182,7 @@ async def _drive(
     crash: bool,
     console: Console,
     extra: list[ChannelDriver],
+    carriers: LogisticsDriver | None = None,
 ) -> dict[str, Any]:
     store = StoreSimulator(
         f"{hub.url}/v1/channels/{CHANNEL}/webhooks",
@@ -206,14 +233,18 @@ async def _drive(
             await hub.wait_ready()
             client = HubClient(hub.url, api_key, session)
             channel_problems = await _await_channels(client, extra)
-            while (pending := await client.pending_deliveries()) > 0:
-                applied = sum(len(s.ledger) for s in sinks.values())
-                progress.update(delivered_task, completed=applied, total=applied + pending)
-                await asyncio.sleep(0.2)
+            await _settle(client, sinks, progress, delivered_task)
             finished = time.monotonic()
-            applied = sum(len(s.ledger) for s in sinks.values())
-            progress.update(delivered_task, completed=applied, total=applied)
+            # The orders as the store left them: what the checks compare with the store.
             hub_orders = await client.all_pages("/v1/orders", channel_id=CHANNEL)
+            shipped: LogisticsReport | None = None
+            if carriers is not None:
+                paid = [o["id"] for o in hub_orders if o["status"] == "paid"]
+                ship_task = progress.add_task("parcels tracked   ", total=None)
+                shipped = await carriers.run(hub.url, api_key, session, paid)
+                progress.update(ship_task, completed=len(shipped.parcels))
+                await _settle(client, sinks, progress, delivered_task)  # their events too
+                shipped.problems += _refunds_paid_out(shipped, sinks["payment"])
             hub_deliveries = await client.all_pages("/v1/deliveries")
             webhooks = await client.metric("ordersync_webhooks_received_total")
             attempts = await client.metric("ordersync_delivery_attempts_total")
@@ -222,9 +253,44 @@ async def _drive(
     )
     for d in extra:
         summary[f"{d.kind}_orders"] = len(d.expected())
+    if shipped is not None:
+        summary.update(shipped.summary())
+        summary["logistics"] = shipped.rows()
+        summary["problems"] += shipped.problems[:20]
     summary["lost"] += len(channel_problems)
     summary["problems"] += channel_problems[:20]
     return summary
+
+
+def _refunds_paid_out(shipped: LogisticsReport, payment: Sink) -> list[str]:
+    """Each received return reached the payment sink as `order.refunded` with its amount."""
+    problems = []
+    for ret in shipped.returns:
+        if ret.payment_status is None:  # only authorized: no money to give back
+            continue
+        amounts = [
+            Decimal(e.data["refund"]["amount"])
+            for e in payment.ledger
+            if e.type == "order.refunded" and e.order_id == ret.order_id
+        ]
+        if amounts != [ret.refund]:
+            problems.append(
+                f"payment sink got refunds {amounts} for order {ret.order_id},"
+                f" expected [{ret.refund}]"
+            )
+    return problems
+
+
+async def _settle(
+    client: HubClient, sinks: dict[str, Sink], progress: Progress, task: TaskID
+) -> None:
+    """Wait until no delivery is pending."""
+    while (pending := await client.pending_deliveries()) > 0:
+        applied = sum(len(s.ledger) for s in sinks.values())
+        progress.update(task, completed=applied, total=applied + pending)
+        await asyncio.sleep(0.2)
+    applied = sum(len(s.ledger) for s in sinks.values())
+    progress.update(task, completed=applied, total=applied)
 
 
 async def _await_channels(
@@ -312,12 +378,20 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     table.add_column("what")
     table.add_column("value", justify="right")
     for key, value in s.items():
-        if key in ("problems", "workdir") or value is None:
+        if key in ("problems", "workdir", "logistics") or value is None:
             continue
         style = ""
-        if key in ("lost", "duplicated", "out_of_order"):
+        if key in ("lost", "duplicated", "out_of_order", "logistics_problems"):
             style = "bold green" if value == 0 else "bold red"
         table.add_row(key.replace("_", " "), f"[{style}]{value}[/{style}]" if style else str(value))
     console.print(table)
+    if s.get("logistics"):
+        parcels = Table(title="logistics: parcels per carrier")
+        columns = ("carrier", "booked", "delivered", "stale", "alerts", "returned")
+        for column in columns:
+            parcels.add_column(column, justify="left" if column == "carrier" else "right")
+        for row in s["logistics"]:
+            parcels.add_row(*(str(row[c]) for c in columns))
+        console.print(parcels)
     for p in s["problems"]:
         console.print(f"[red]{p}[/red]")

@@ -26,6 +26,9 @@ class AttemptOutcome:
     status: int | None
     error: str | None
     duration_ms: float
+    # The receiver refused the request itself (e.g. a platform's "no such order"): sending
+    # it again cannot succeed, so the delivery is dead-lettered at once for an operator.
+    permanent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

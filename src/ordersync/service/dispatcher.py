@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ordersync.clock import to_us, utcnow
 from ordersync.domain.delivery import BreakerState, CircuitBreaker, DeliveryState, RetryPolicy
@@ -43,6 +43,9 @@ class Destination:
     breaker_threshold: int = 20
     breaker_cooldown: float = 30.0
     breaker_max_cooldown: float = 600.0
+    # This destination's own sender (a channel write-back speaks the platform's API);
+    # None: the dispatcher's shared Standard Webhooks sender.
+    sender: Sender | None = field(default=None, compare=False, repr=False)
 
 
 class DeliveryObserver:
@@ -116,7 +119,7 @@ class DestinationWorker:
     ) -> None:
         self.dest = dest
         self._store = store
-        self._sender = sender
+        self._sender = dest.sender or sender
         self._results = results
         self._observer = observer
         self.breaker = CircuitBreaker(
@@ -247,6 +250,11 @@ class DestinationWorker:
         now = time.monotonic()
         if outcome.ok:
             state, next_us = DeliveryState.SUCCEEDED, started_us
+            self.breaker.record_success()
+        elif outcome.permanent:
+            # The receiver is up and answered; it refused this request, which no retry
+            # changes. Dead at once, replayable once the cause is fixed.
+            state, next_us = DeliveryState.DEAD, started_us
             self.breaker.record_success()
         else:
             self.breaker.record_failure(now)

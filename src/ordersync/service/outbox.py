@@ -30,21 +30,48 @@ class OutboxEntry:
     destinations: tuple[str, ...]
 
 
+Subscription = tuple[str, Iterable[str]] | tuple[str, Iterable[str], str | None]
+
+
 class EventRouter:
-    """Which destinations subscribe to which event types (glob patterns like `order.*`)."""
+    """Which destinations subscribe to which event types (glob patterns like `order.*`).
 
-    def __init__(self, subscriptions: Iterable[tuple[str, Iterable[str]]]) -> None:
-        self._subs = [(dest, tuple(patterns)) for dest, patterns in subscriptions]
-        self._cache: dict[str, tuple[str, ...]] = {}
+    A subscription is `(destination, patterns)`, or `(destination, patterns, channel_id)`
+    for a destination that takes only the events of one channel's orders (a channel's
+    write-back). Routing stays one dict lookup per event: per event type the router keeps
+    the destinations every channel gets, plus, only for the channels that have their own
+    subscriptions, the full tuple that channel gets.
+    """
 
-    def destinations_for(self, event_type: str) -> tuple[str, ...]:
+    def __init__(self, subscriptions: Iterable[Subscription]) -> None:
+        self._subs: list[tuple[str, tuple[str, ...], str | None]] = [
+            (s[0], tuple(s[1]), s[2] if len(s) > 2 else None) for s in subscriptions
+        ]
+        self._channels = {channel for _, _, channel in self._subs if channel is not None}
+        self._cache: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {}
+
+    def destinations_for(self, event_type: str, channel_id: str | None = None) -> tuple[str, ...]:
+        """`channel_id`: the channel of the order the event is about (None: unknown, so
+        channel-bound destinations are left out)."""
         hit = self._cache.get(event_type)
         if hit is None:
-            hit = tuple(
-                dest for dest, pats in self._subs if any(fnmatchcase(event_type, p) for p in pats)
+            hit = self._cache[event_type] = self._route(event_type)
+        if channel_id is None:
+            return hit[0]
+        return hit[1].get(channel_id, hit[0])
+
+    def _route(self, event_type: str) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+        def matches(pats: tuple[str, ...]) -> bool:
+            return any(fnmatchcase(event_type, p) for p in pats)
+
+        everyone = tuple(d for d, pats, ch in self._subs if ch is None and matches(pats))
+        per_channel = {
+            channel: tuple(
+                d for d, pats, ch in self._subs if ch in (None, channel) and matches(pats)
             )
-            self._cache[event_type] = hit
-        return hit
+            for channel in self._channels
+        }
+        return everyone, {c: dests for c, dests in per_channel.items() if dests != everyone}
 
 
 def outbox_entries(
@@ -67,7 +94,7 @@ def outbox_entries(
             body=orjson.dumps(
                 {"type": e.type.value, "timestamp": fmt_time(e.occurred_at), "data": data}
             ),
-            destinations=router.destinations_for(e.type.value),
+            destinations=router.destinations_for(e.type.value, order.channel_id),
         )
         for e in events
     ]

@@ -5,9 +5,17 @@ carrier-inbox record, the shipment row, the order's status change with its histo
 the outbox entries (`shipment.created`, `shipment.updated`, `alert.raised`, and the order's
 own `order.shipped` / `order.delivered`) commit together or not at all.
 
-Callbacks are verified in the carrier's own scheme, then applied synchronously inside the
-request, and answered in the carrier's acknowledgement format once the commit is done.
-Locks are taken order first, shipment second, everywhere.
+Callbacks are verified in the carrier's own scheme, recorded in `carrier_inbox` as
+`received` (one short transaction) and answered in the carrier's acknowledgement format at
+once; the in-process processor (woken by the insert) then applies them per shipment in
+order of arrival, marking each `applied` in the transaction of its effect. Rows a crash
+left `received` are applied by the sweep (one process, under the "shipments-sweep" lease);
+row locks make a second processor find nothing left to do. `inline_callbacks` applies
+before answering (tests). Locks are taken order first, shipments second, inbox rows third.
+
+An order follows its active outbound shipments (`fulfillment_of`): some picked up emits
+`order.partially_shipped`, all picked up moves it to shipped, all delivered to delivered
+and schedules `order.review_requested` (a durable reminder in `order_reminders`).
 
 The anomaly timer is the shipment row's `due_us`: the earliest time a rule not yet raised
 for it could fire. The sweep asks the database only for due rows, so a restart loses no
@@ -22,7 +30,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -31,6 +39,7 @@ import orjson
 from ordersync.adapters.carriers.base import (
     Ack,
     Booking,
+    BookingResult,
     CallbackRejected,
     CarrierAccount,
     CarrierConnector,
@@ -39,16 +48,35 @@ from ordersync.adapters.carriers.base import (
     CarrierResponse,
     Item,
     Party,
+    Waybill,
     callback_id,
 )
 from ordersync.clock import utcnow
-from ordersync.domain.alerts import Alert, Rule, default_rules
-from ordersync.domain.codec import fmt_time
+from ordersync.domain.alerts import Alert, AlertKind, Rule, default_rules
+from ordersync.domain.carrier_choice import NoCarrierMatched, explicit
+from ordersync.domain.codec import fmt_time, order_to_dict
 from ordersync.domain.errors import InvalidTransition, OrderNotFound
 from ordersync.domain.order_status import OrderStatus, check_transition, is_behind
 from ordersync.domain.orders import Order
-from ordersync.domain.shipments import MappingTable, Shipment, ShipmentStatus, TrackingUpdate
+from ordersync.domain.shipments import (
+    FulfillmentStatus,
+    MappingTable,
+    Shipment,
+    ShipmentStatus,
+    TrackingUpdate,
+    delivered_at,
+    fulfillment_of,
+    update_from_dict,
+    update_to_dict,
+)
 from ordersync.ids import new_id
+from ordersync.service.carrier_booking import (
+    AllCarriersFailed,
+    CarrierRules,
+    book_first,
+    cancel_waybill,
+    facts_of,
+)
 from ordersync.service.outbox import EventRouter, OutboxEntry
 from ordersync.service.unit_of_work import OrderRepository
 
@@ -57,14 +85,18 @@ log = logging.getLogger(__name__)
 SHIPMENT_CREATED = "shipment.created"
 SHIPMENT_UPDATED = "shipment.updated"
 ALERT_RAISED = "alert.raised"
+ORDER_PARTIALLY_SHIPPED = "order.partially_shipped"
+ORDER_REVIEW_REQUESTED = "order.review_requested"
+RETURN_DIRECTION = "return"
 
 
 class ShipmentError(Exception):
     """A request about shipments that cannot be served: `status` and `code` for the API."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
+        self.extra = extra  # more problem members (e.g. the booking `attempts`)
 
 
 @dataclass(slots=True)
@@ -76,6 +108,17 @@ class ShipmentRecord:
     active: bool = True  # False once cancelled (the order was re-booked elsewhere)
     cancelled_at: datetime | None = None
     subscribed: bool = False
+    # "outbound" (to the buyer) or "return" (a reverse pickup back to the warehouse, see
+    # service/returns.py): a return never drives the order's status nor is cancelled by
+    # re-booking the order.
+    direction: str = "outbound"
+    # What the booking said beside the tracking number: `carrier_ref`, `label_url`, the
+    # carrier `choice` (why this carrier) and, once re-booked elsewhere, `carrier_cancel`.
+    booking: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_return(self) -> bool:
+        return self.direction == RETURN_DIRECTION
 
     @property
     def status(self) -> str:
@@ -88,6 +131,8 @@ class ShipmentRecord:
             "active": self.active,
             "cancelled_at": fmt_time(self.cancelled_at),
             "subscribed": self.subscribed,
+            "direction": self.direction,
+            "booking": self.booking,
         }
 
     @classmethod
@@ -99,6 +144,8 @@ class ShipmentRecord:
             bool(d.get("active", True)),
             None if cancelled is None else datetime.fromisoformat(cancelled),
             bool(d.get("subscribed", False)),
+            direction=d.get("direction", "outbound"),
+            booking=dict(d.get("booking") or {}),
         )
 
     def view(self) -> dict[str, Any]:
@@ -107,14 +154,21 @@ class ShipmentRecord:
         return {
             "id": s.shipment_id,
             "order_id": self.order_id,
+            "direction": self.direction,
             "carrier_id": s.carrier_id,
             "carrier_code": s.carrier_code,
             "tracking_number": s.tracking_number,
             "status": self.status,
             "active": self.active,
             "booked_at": fmt_time(s.booked_at),
+            "promised_by": fmt_time(s.promised_by),
             "picked_up_at": fmt_time(s.picked_up_at),
             "cancelled_at": fmt_time(self.cancelled_at),
+            # The label / print reference for the warehouse, and why this carrier.
+            "carrier_ref": self.booking.get("carrier_ref") or None,
+            "label_url": self.booking.get("label_url") or None,
+            "choice": self.booking.get("choice"),
+            "carrier_cancel": self.booking.get("carrier_cancel"),
             "corrections": [c.to_dict() for c in s.corrections],
             "events": [
                 {
@@ -158,13 +212,32 @@ class ShipmentTx(Protocol):
     def orders(self) -> OrderRepository: ...
 
     async def claim_callback(
-        self, carrier_id: str, callback_id: str, tracking_number: str, body: bytes, now: datetime
+        self,
+        carrier_id: str,
+        callback_id: str,
+        tracking_number: str,
+        body: bytes,
+        now: datetime,
+        update_doc: str | None = None,
     ) -> bool:
-        """Record the callback; False if it was recorded before (a replay)."""
+        """Record the callback as `received` (its mapped update in `update_doc`, applied
+        later); False if it was recorded before (a replay)."""
+        ...
+
+    async def pending_callbacks(
+        self, carrier_id: str, tracking_number: str
+    ) -> list[tuple[str, str | None, datetime]]:
+        """(callback id, update doc, received at) still `received`, in order of arrival,
+        locked."""
         ...
 
     async def finish_callback(
-        self, carrier_id: str, callback_id: str, outcome: str, shipment_id: str | None
+        self,
+        carrier_id: str,
+        callback_id: str,
+        outcome: str,
+        shipment_id: str | None,
+        now: datetime | None = None,
     ) -> None: ...
 
     async def shipment(self, shipment_id: str) -> ShipmentRecord | None:
@@ -191,6 +264,24 @@ class ShipmentTx(Protocol):
         """False if this (shipment, rule) was raised before (the unique key)."""
         ...
 
+    async def alert(self, alert_id: str) -> dict[str, Any] | None:
+        """The alert's public view, locked."""
+        ...
+
+    async def set_alert_state(
+        self, alert_id: str, state: str, principal: str, now: datetime
+    ) -> dict[str, Any]: ...
+
+    async def schedule_reminder(
+        self, order_id: str, kind: str, due: datetime, now: datetime, *, sent: bool
+    ) -> bool:
+        """A durable reminder per (order, kind); False if one was scheduled before."""
+        ...
+
+    async def fire_reminder(self, order_id: str, kind: str, now: datetime) -> bool:
+        """Mark it sent; False if it was sent already (another sweep won)."""
+        ...
+
     def emit(self, entry: OutboxEntry) -> None: ...
 
     async def commit(self) -> None: ...
@@ -211,7 +302,29 @@ class ShipmentStore(Protocol):
 
     async def list_for_order(self, order_id: str) -> list[ShipmentRecord]: ...
 
-    async def open_alerts(self, limit: int) -> list[dict[str, Any]]: ...
+    async def alerts(self, states: tuple[str, ...], limit: int) -> list[dict[str, Any]]: ...
+
+    async def order_of_alert(self, alert_id: str) -> str | None: ...
+
+    async def open_alert_counts(self) -> dict[str, int]:
+        """Unresolved alerts per rule."""
+        ...
+
+    async def received_callbacks(self, limit: int) -> list[tuple[str, str]]:
+        """(carrier id, tracking number) with callbacks still `received`, oldest first."""
+        ...
+
+    async def due_reminders(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        """(order id, kind) of reminders due and not sent."""
+        ...
+
+
+class AlertObserver(Protocol):
+    """Metrics: each alert raised, and the unresolved alerts per rule."""
+
+    def raised(self, rule: str) -> None: ...
+
+    def open_counts(self, counts: Mapping[str, int]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -225,6 +338,7 @@ class Carrier:
 
 
 Send = Callable[[CarrierRequest], Awaitable[CarrierResponse]]
+ReturnHook = Callable[[ShipmentTx, Order, ShipmentRecord, datetime], Awaitable[None]]
 
 
 @dataclass
@@ -238,24 +352,64 @@ class ShipmentService:
     clock: Callable[[], datetime] = utcnow
     sweep_interval: float = 5.0
     on_commit: Callable[[set[str]], None] | None = None  # wakes the dispatcher
+    # Called in the callback's own transaction when a return shipment changes (set by
+    # service/returns.py: the goods' receipt commits with the callback that reports it).
+    on_return_update: ReturnHook | None = None
+    # True: a callback is applied before it is answered (tests, debugging). The default
+    # answers once it is recorded and applies it right after, in this process.
+    inline_callbacks: bool = False
+    # The review request after every shipment of an order is delivered (None: never).
+    review_delay: timedelta | None = timedelta(0)
+    observer: AlertObserver | None = None
+    # How long a callback for a tracking number we do not know waits for its shipment.
+    unknown_grace: timedelta = timedelta(minutes=5)
+    # Which carrier books an order without a `carrier_id` (service/carrier_booking.py).
+    carrier_rules: CarrierRules = field(default_factory=CarrierRules)
     _sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
+    _processor: asyncio.Task[None] | None = field(default=None, repr=False)
+    _pending: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _stopping: bool = field(default=False, repr=False)
 
     # ---- lifecycle --------------------------------------------------------------------
 
     def start(self, *, sweep: bool = True) -> None:
+        """The callback processor always (callbacks arrive wherever the API runs); the
+        sweep (timers, reminders, callbacks left `received`) in one process only."""
+        if self._processor is None:
+            self._processor = asyncio.create_task(
+                self._process_forever(), name="shipment-callbacks"
+            )
         if sweep and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="shipment-timers")
 
-    async def stop(self) -> None:
+    async def stop_sweep(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
 
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop the sweep, then let the processor finish the shipment it is applying (what
+        it has not started stays `received` for the next sweep)."""
+        await self.stop_sweep()
+        task, self._processor = self._processor, None
+        if task is not None:
+            self._stopping = True
+            self._wakeup.set()
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._stopping = False
+
     async def _sweep_forever(self) -> None:
+        await self.refresh_open_alerts()
         while True:
             try:
+                await self.process_received()
                 await self.sweep()
             except Exception:  # the timer must survive a database restart
                 log.warning("shipment timer sweep failed", exc_info=True)
@@ -264,13 +418,16 @@ class ShipmentService:
     # ---- events -----------------------------------------------------------------------
 
     def _entry(self, type_: str, order: Order, data: dict[str, Any], at: datetime) -> OutboxEntry:
+        # The order's channel and its id there: a channel write-back needs them to address
+        # the platform's order, and routes by the channel (fields in `data` win).
+        data = {"channel_id": order.channel_id, "external_id": order.external_id, **data}
         return OutboxEntry(
             event_id=new_id("evt"),
             type=type_,
             order_id=order.id,
             version=order.version,
             body=orjson.dumps({"type": type_, "timestamp": fmt_time(at), "data": data}),
-            destinations=self.router.destinations_for(type_),
+            destinations=self.router.destinations_for(type_, order.channel_id),
         )
 
     # ---- booking ----------------------------------------------------------------------
@@ -294,29 +451,54 @@ class ShipmentService:
         weight_kg: Decimal | None = None,
         service: str = "",
     ) -> ShipmentRecord:
-        """Book a waybill for the order; an active shipment with another carrier is cancelled."""
-        carrier = self.carrier(carrier_id)
+        """Book a waybill for the order; an active shipment with another carrier is cancelled
+        (here and, where the connector can, with that carrier).
+
+        Without `carrier_id` the carrier rules choose, and the rule's fallbacks are tried in
+        turn when a carrier fails; nothing is stored for a failed attempt."""
+        named = None if carrier_id is None else self.carrier(carrier_id)
         order = await self.store.load_order(order_id)
         if order is None:
             raise OrderNotFound(order_id)
         if order.status is OrderStatus.CANCELLED:
             raise ShipmentError(409, "order_cancelled", f"order {order_id} is cancelled")
         for held in await self.store.list_for_order(order_id):
-            if held.active and held.shipment.carrier_id == carrier.account.carrier_id:
+            if not held.active or held.is_return:
+                continue
+            if named is None or held.shipment.carrier_id == named.account.carrier_id:
                 raise ShipmentError(
                     409,
                     "shipment_exists",
-                    f"order {order_id} is already booked with {carrier.account.carrier_id}"
-                    f" (tracking number {held.shipment.tracking_number})",
+                    f"order {order_id} is already booked with {held.shipment.carrier_id}"
+                    f" (tracking number {held.shipment.tracking_number}); name a carrier_id"
+                    " to switch",
                 )
-        booking = _booking(order, carrier_code or carrier.carrier_code, weight_kg, service)
-        account, connector = carrier.account, carrier.connector
+        if named is not None:
+            choice = explicit(named.account.carrier_id)
+        else:
+            try:
+                choice = await self.carrier_rules.choose(
+                    facts_of(order, weight_kg, service), list(self.carriers)
+                )
+            except NoCarrierMatched as e:
+                raise ShipmentError(422, e.code, str(e), explanation=list(e.explanation)) from None
         try:
-            result = connector.parse_booking_response(
-                booking, await self.send(connector.build_booking_request(account, booking))
+            booked = await book_first(
+                [self.carriers[c] for c in choice.carriers],
+                lambda c: _booking(order, carrier_code or c.carrier_code, weight_kg, service),
+                self.send,
+                self.carrier_rules.observer,
             )
-        except (CarrierError, OSError, TimeoutError) as e:
-            raise ShipmentError(502, "carrier_error", f"booking failed: {e}") from e
+        except AllCarriersFailed as e:
+            raise ShipmentError(
+                502,
+                "carrier_error",
+                f"booking failed with every carrier tried: {e}",
+                attempts=[a.to_dict() for a in e.attempts],
+                choice=choice.to_dict(),
+            ) from None
+        carrier, result = booked.carrier, booked.result
+        account = carrier.account
         subscribed = await self._subscribe(carrier, result.tracking_number, result.carrier_code)
         now = self.clock()
         record = ShipmentRecord(
@@ -329,20 +511,78 @@ class ShipmentService:
             ),
             order_id,
             subscribed=subscribed,
+            booking={
+                "carrier_ref": result.carrier_ref,
+                "label_url": result.label_url,
+                "choice": {
+                    **choice.to_dict(account.carrier_id),
+                    "failed_attempts": [a.to_dict() for a in booked.attempts],
+                },
+            },
         )
+        replaced: list[ShipmentRecord] = []
         async with self.store.transaction() as tx:
             locked = await tx.orders.get(order_id)
             if locked is None:  # pragma: no cover - orders are never deleted
                 raise OrderNotFound(order_id)
             for old in await tx.shipments_of_order(order_id):
-                if old.active:
+                if old.active and not old.is_return:
                     old.active, old.cancelled_at = False, now
                     await tx.update_shipment(old, None, now)
                     tx.emit(self._entry(SHIPMENT_UPDATED, locked, old.view(), now))
+                    replaced.append(old)
             await tx.insert_shipment(record, next_due(record, self.rules, set()), now)
             tx.emit(self._entry(SHIPMENT_CREATED, locked, record.view(), now))
             await self._commit(tx)
+        for old in replaced:
+            try:
+                await self._cancel_with_carrier(old)
+            except Exception:  # the new booking stands; the old waybill is merely unused
+                sid = old.shipment.shipment_id
+                log.warning("recording the cancellation of %s failed", sid, exc_info=True)
         return record
+
+    async def _cancel_with_carrier(self, old: ShipmentRecord) -> None:
+        """Cancel a replaced waybill with its carrier, after the switch has committed (a
+        crash in between leaves an unused waybill, never an order without one), and keep
+        the outcome with the old shipment."""
+        s = old.shipment
+        carrier = self.carriers.get(s.carrier_id)
+        if carrier is None:  # the carrier was removed from the config since
+            outcome = {"state": "unsupported", "detail": f"carrier {s.carrier_id} is gone"}
+        else:
+            waybill = Waybill(
+                old.order_id,
+                s.tracking_number,
+                s.carrier_code,
+                str(old.booking.get("carrier_ref") or ""),
+            )
+            outcome = await cancel_waybill(carrier, waybill, self.send, self.carrier_rules.observer)
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            if await tx.orders.get(old.order_id) is None:  # pragma: no cover
+                return
+            record = await tx.shipment(s.shipment_id)
+            if record is None:  # pragma: no cover - shipments are never deleted
+                return
+            record.booking["carrier_cancel"] = {**outcome, "at": fmt_time(now)}
+            await tx.update_shipment(record, None, now)
+            await self._commit(tx)
+
+    async def request_waybill(
+        self, carrier: Carrier, booking: Booking
+    ) -> tuple[BookingResult, bool]:
+        """Book with the carrier and subscribe to its tracking (True if subscribed); stores
+        nothing. Used for reverse pickups (service/returns.py)."""
+        account, connector = carrier.account, carrier.connector
+        try:
+            result = connector.parse_booking_response(
+                booking, await self.send(connector.build_booking_request(account, booking))
+            )
+        except (CarrierError, OSError, TimeoutError) as e:
+            raise ShipmentError(502, "carrier_error", f"booking failed: {e}") from e
+        subscribed = await self._subscribe(carrier, result.tracking_number, result.carrier_code)
+        return result, subscribed
 
     async def _subscribe(self, carrier: Carrier, tracking_number: str, carrier_code: str) -> bool:
         if not self.public_url:
@@ -363,11 +603,18 @@ class ShipmentService:
         return True
 
     # ---- callbacks --------------------------------------------------------------------
+    #
+    # A callback is answered as soon as it is durably recorded: verify in the carrier's
+    # scheme (a forgery writes nothing), store the verified, mapped update in
+    # `carrier_inbox` as `received` (one short transaction), ack. The processor applies the
+    # recorded callbacks of one shipment in order of arrival, each in the transaction that
+    # marks it done, so each takes effect exactly once; a crash before that leaves it
+    # `received` for the periodic sweep.
 
     async def handle_callback(
         self, carrier_id: str, body: bytes, headers: Mapping[str, str]
     ) -> Ack:
-        """Verify, apply and answer a carrier push; a forgery changes nothing."""
+        """Verify, record and answer a carrier push (applied after the answer)."""
         carrier = self.carrier(carrier_id)
         connector, account = carrier.connector, carrier.account
         try:
@@ -376,56 +623,152 @@ class ShipmentService:
             log.info("carrier %s: callback rejected: %s", carrier_id, e.detail)
             ack = connector.ack(account, ok=False, reason=e.detail)
             return Ack(e.status, ack.content_type, ack.body)
-        for update in updates:
-            # The inbox key: the callback's own id (or the hash of its bytes), per parcel
-            # when one push carries several.
-            source = update.source_id or callback_id(connector.kind, body)
-            if len(updates) > 1:
-                source = f"{source}:{update.tracking_number}"
-            await self._apply(carrier, update, body, source)
+        keys = await self._record(carrier_id, _sources(connector.kind, updates, body), body)
+        if self.inline_callbacks:
+            for key in keys:
+                await self.apply_pending(*key)
+        elif keys:
+            self._pending.update(keys)
+            self._wakeup.set()
         return connector.ack(account)
 
-    async def _apply(
-        self, carrier: Carrier, update: TrackingUpdate, body: bytes, source: str
+    async def apply_tracking(
+        self,
+        carrier_id: str,
+        update: TrackingUpdate,
+        body: bytes = b"",
+        source: str | None = None,
     ) -> str:
-        carrier_id = carrier.account.carrier_id
-        order_id = await self.store.order_of_tracking(carrier_id, update.tracking_number)
+        """Record and apply one tracking update at once (the tracking poller's path), with
+        the same inbox dedupe as a push. Returns `applied`, `unchanged`, `duplicate` (seen
+        before), `received` (no such shipment yet) or `unknown_tracking_number`."""
+        carrier = self.carrier(carrier_id)
+        if source is None:
+            [(source, _)] = _sources(carrier.connector.kind, [update], body)
+        keys = await self._record(carrier_id, [(source, update)], body)
+        if not keys:
+            return "duplicate"
+        outcomes = await self.apply_pending(*keys[0])
+        return outcomes.get(source, "received")  # received: waiting for its shipment
+
+    async def _record(
+        self, carrier_id: str, items: Sequence[tuple[str, TrackingUpdate]], body: bytes
+    ) -> list[tuple[str, str]]:
+        """Store the callbacks not seen before; their (carrier, tracking number) keys."""
         now = self.clock()
+        keys: dict[tuple[str, str], None] = {}
         async with self.store.transaction() as tx:
-            if not await tx.claim_callback(carrier_id, source, update.tracking_number, body, now):
-                return "duplicate"
-            order = None if order_id is None else await tx.orders.get(order_id)
-            record = await tx.shipment_by_tracking(carrier_id, update.tracking_number)
-            if order is None or record is None:
-                await tx.finish_callback(carrier_id, source, "unknown_tracking_number", None)
-                await self._commit(tx)
-                return "unknown_tracking_number"
-            corrections = len(record.shipment.corrections)
-            result = record.shipment.apply(update)
-            changed = bool(result.added) or len(record.shipment.corrections) != corrections
-            raised = await tx.raised_rules(record.shipment.shipment_id)
-            await tx.update_shipment(record, next_due(record, self.rules, raised), now)
-            if changed:
-                tx.emit(self._entry(SHIPMENT_UPDATED, order, record.view(), now))
-            if record.active:
-                await self._drive_order(tx, order, record.shipment, now)
-            outcome = "applied" if changed else "unchanged"
-            await tx.finish_callback(carrier_id, source, outcome, record.shipment.shipment_id)
+            for source, update in items:
+                doc = orjson.dumps(update_to_dict(update)).decode()
+                if await tx.claim_callback(
+                    carrier_id, source, update.tracking_number, body, now, doc
+                ):
+                    keys[(carrier_id, update.tracking_number)] = None
             await self._commit(tx)
-            return outcome
+        return list(keys)
+
+    async def _process_forever(self) -> None:
+        """Apply what this process just recorded (woken on insert)."""
+        while not self._stopping:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            keys, self._pending = self._pending, set()
+            for key in sorted(keys):
+                if self._stopping:
+                    return
+                try:
+                    await self.apply_pending(*key)
+                except Exception:  # left `received`: the sweep applies it later
+                    log.warning("applying callbacks for %s failed", key[0], exc_info=True)
+
+    async def process_received(self, limit: int = 500) -> int:
+        """Apply every callback still `received` (after a crash, or another process's);
+        returns how many were applied. Safe to run in several processes at once."""
+        done = 0
+        for key in await self.store.received_callbacks(limit):
+            try:
+                done += len(await self.apply_pending(*key))
+            except Exception:
+                log.warning("applying callbacks for %s failed", key[0], exc_info=True)
+        return done
+
+    async def apply_pending(self, carrier_id: str, tracking_number: str) -> dict[str, str]:
+        """Apply the shipment's recorded callbacks in order of arrival, in one transaction
+        that also marks them done (a second processor finds nothing left to do). Returns
+        the outcome per callback id."""
+        order_id = await self.store.order_of_tracking(carrier_id, tracking_number)
+        now = self.clock()
+        raised: list[Alert] = []
+        async with self.store.transaction() as tx:
+            # Locks: the order first, then its shipments, then the inbox rows.
+            order = None if order_id is None else await tx.orders.get(order_id)
+            shipments = [] if order is None else await tx.shipments_of_order(order.id)
+            pending = await tx.pending_callbacks(carrier_id, tracking_number)
+            if not pending:
+                return {}
+            record = next(
+                (
+                    r
+                    for r in shipments
+                    if r.shipment.carrier_id == carrier_id
+                    and r.shipment.tracking_number == tracking_number
+                ),
+                None,
+            )
+            if order is None or record is None:
+                # A carrier may push before the booking that subscribed us has committed:
+                # an unknown number waits `unknown_grace` for its shipment (the sweep
+                # retries), then is recorded as unknown.
+                given_up = [c for c, _, at in pending if now - at >= self.unknown_grace]
+                for callback in given_up:
+                    await tx.finish_callback(carrier_id, callback, UNKNOWN, None, now)
+                await self._commit(tx)
+                return dict.fromkeys(given_up, UNKNOWN)
+            before = _fulfillment(shipments)
+            sid = record.shipment.shipment_id
+            outcomes: dict[str, str] = {}
+            for callback, doc, _ in pending:
+                outcome = UNREADABLE
+                if doc is not None:
+                    corrections = len(record.shipment.corrections)
+                    result = record.shipment.apply(update_from_dict(orjson.loads(doc)))
+                    changed = bool(result.added) or len(record.shipment.corrections) != corrections
+                    if changed:
+                        tx.emit(self._entry(SHIPMENT_UPDATED, order, record.view(), now))
+                    outcome = "applied" if changed else "unchanged"
+                await tx.finish_callback(carrier_id, callback, outcome, sid, now)
+                outcomes[callback] = outcome
+            # Rules due now fire in the same transaction (a carrier's correction at once).
+            raised = await self._raise_due(tx, order, record, now)
+            if record.active and record.is_return:
+                if self.on_return_update is not None:
+                    await self.on_return_update(tx, order, record, now)
+            elif record.active:
+                await self._drive_order(tx, order, shipments, before, now)
+            await self._commit(tx)
+        await self._observe(raised)
+        return outcomes
 
     async def _drive_order(
-        self, tx: ShipmentTx, order: Order, shipment: Shipment, now: datetime
+        self,
+        tx: ShipmentTx,
+        order: Order,
+        shipments: Sequence[ShipmentRecord],
+        before: FulfillmentStatus,
+        now: datetime,
     ) -> None:
-        """Picked up: the order is shipped; delivered: delivered (where the state machine
-        allows; an order already further along is left alone)."""
+        """The order follows its outbound shipments: every one picked up, shipped; every one
+        delivered, delivered (where the state machine allows; an order already further
+        along is left alone). Some but not all picked up: `order.partially_shipped`."""
+        after = _fulfillment(shipments)
         targets: list[OrderStatus] = []
-        if shipment.picked_up_at is not None or shipment.status is ShipmentStatus.DELIVERED:
+        if after in (FulfillmentStatus.SHIPPED, FulfillmentStatus.DELIVERED):
             targets.append(OrderStatus.SHIPPED)
-        if shipment.status is ShipmentStatus.DELIVERED:
+        if after is FulfillmentStatus.DELIVERED:
             targets.append(OrderStatus.DELIVERED)
-        changed = False
-        cause = f"carrier:{shipment.carrier_id}"
+        cause = "carrier:" + ",".join(
+            sorted({r.shipment.carrier_id for r in shipments if r.active and not r.is_return})
+        )
         for target in targets:
             if order.status == target or is_behind(target, order.status):
                 continue
@@ -435,17 +778,67 @@ class ShipmentService:
                 log.info("order %s: %s -> %s not allowed", order.id, order.status, target)
                 continue
             order.transition_to(target, cause=cause, at=now)
-            changed = True
-        if changed:
+            # Saved per step: each step's events carry the order as of its own version
+            # (picked up and delivered in one batch of callbacks are two versions).
             tx.orders.save(order)
+        if after is before:
+            return
+        if after is FulfillmentStatus.PARTIALLY_SHIPPED:
+            data = self._fulfillment_data(order, shipments, after)
+            tx.emit(self._entry(ORDER_PARTIALLY_SHIPPED, order, data, now))
+        if after is FulfillmentStatus.DELIVERED and self.review_delay is not None:
+            outbound = [r.shipment for r in shipments if r.active and not r.is_return]
+            # From the carrier's delivery time (never later than now: clocks drift).
+            due = min(delivered_at(outbound) or now, now) + self.review_delay
+            fire = due <= now and order.status is not OrderStatus.CANCELLED
+            if await tx.schedule_reminder(order.id, REVIEW, due, now, sent=fire) and fire:
+                tx.emit(self._review_entry(order, shipments, now))
+
+    def _fulfillment_data(
+        self, order: Order, shipments: Sequence[ShipmentRecord], status: FulfillmentStatus
+    ) -> dict[str, Any]:
+        return {
+            **order_to_dict(order),
+            "fulfillment_status": str(status),
+            "shipments": [r.view() for r in shipments if r.active and not r.is_return],
+        }
+
+    def _review_entry(
+        self, order: Order, shipments: Sequence[ShipmentRecord], now: datetime
+    ) -> OutboxEntry:
+        data = self._fulfillment_data(order, shipments, FulfillmentStatus.DELIVERED)
+        return self._entry(ORDER_REVIEW_REQUESTED, order, data, now)
 
     async def _commit(self, tx: ShipmentTx) -> None:
         await tx.commit()
 
     # ---- timers -----------------------------------------------------------------------
 
+    async def _raise_due(
+        self, tx: ShipmentTx, order: Order, record: ShipmentRecord, now: datetime
+    ) -> list[Alert]:
+        """Raise the rules due at `now` not raised before, and store the next timer."""
+        sid = record.shipment.shipment_id
+        raised = await tx.raised_rules(sid)
+        fresh: list[Alert] = []
+        for rule in self.rules if record.active else ():
+            if str(rule.kind) in raised:
+                continue
+            alert = rule.check(record.shipment, now)
+            if alert is None:
+                continue
+            alert_id = new_id("alr")
+            raised.add(str(rule.kind))
+            if await tx.insert_alert(alert_id, alert, order.id):
+                fresh.append(alert)
+                data = alert_view(alert, alert_id, order.id)
+                tx.emit(self._entry(ALERT_RAISED, order, data, now))
+        await tx.update_shipment(record, next_due(record, self.rules, raised), now)
+        return fresh
+
     async def sweep(self, now: datetime | None = None, limit: int = 500) -> list[Alert]:
-        """Raise every alert due at `now`, each at most once per (shipment, rule)."""
+        """Raise every alert due at `now`, each at most once per (shipment, rule); fire the
+        reminders due (review requests)."""
         now = now or self.clock()
         raised_now: list[Alert] = []
         for shipment_id, order_id in await self.store.due_shipments(now, limit):
@@ -454,22 +847,83 @@ class ShipmentService:
                 record = await tx.shipment(shipment_id)
                 if order is None or record is None:
                     continue
-                raised = await tx.raised_rules(shipment_id)
-                for rule in self.rules if record.active else ():
-                    if str(rule.kind) in raised:
-                        continue
-                    alert = rule.check(record.shipment, now)
-                    if alert is None:
-                        continue
-                    alert_id = new_id("alr")
-                    raised.add(str(rule.kind))
-                    if await tx.insert_alert(alert_id, alert, order_id):
-                        raised_now.append(alert)
-                        data = alert_view(alert, alert_id, order_id)
-                        tx.emit(self._entry(ALERT_RAISED, order, data, now))
-                await tx.update_shipment(record, next_due(record, self.rules, raised), now)
+                fresh = await self._raise_due(tx, order, record, now)
+                await self._commit(tx)
+            raised_now += fresh
+        await self._observe(raised_now)
+        for order_id, kind in await self.store.due_reminders(now, limit):
+            async with self.store.transaction() as tx:
+                order = await tx.orders.get(order_id)
+                if order is None or not await tx.fire_reminder(order_id, kind, now):
+                    continue
+                if kind == REVIEW and order.status is not OrderStatus.CANCELLED:
+                    shipments = await tx.shipments_of_order(order_id)
+                    tx.emit(self._review_entry(order, shipments, now))
                 await self._commit(tx)
         return raised_now
+
+    async def _observe(self, raised: Sequence[Alert]) -> None:
+        if self.observer is None or not raised:
+            return
+        for alert in raised:
+            self.observer.raised(str(alert.kind))
+        await self.refresh_open_alerts()
+
+    async def refresh_open_alerts(self) -> None:
+        """Publish the unresolved alerts per rule (the `ordersync_alerts_open` gauge)."""
+        if self.observer is None:
+            return
+        try:
+            counts = await self.store.open_alert_counts()
+        except Exception:  # metrics must never fail the work they describe
+            log.debug("counting open alerts failed", exc_info=True)
+            return
+        self.observer.open_counts({str(k): 0 for k in AlertKind} | counts)
+
+    async def promise(self, shipment_id: str, promised_by: datetime) -> ShipmentRecord:
+        """Set the delivery date promised for a shipment (`delivery_overdue` counts from
+        it) and reschedule its timer; a promise already broken raises the alert at once."""
+        if promised_by.tzinfo is None:
+            raise ShipmentError(422, "naive_datetime", "promised_by needs a time zone")
+        order_id = await self.store.order_of_shipment(shipment_id)
+        if order_id is None:
+            raise ShipmentError(404, "shipment_not_found", f"no shipment {shipment_id!r}")
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            order = await tx.orders.get(order_id)
+            record = await tx.shipment(shipment_id)
+            if order is None or record is None:  # pragma: no cover - never deleted
+                raise ShipmentError(404, "shipment_not_found", f"no shipment {shipment_id!r}")
+            record.shipment.promised_by = promised_by.astimezone(UTC)
+            raised = await self._raise_due(tx, order, record, now)
+            await self._commit(tx)
+        await self._observe(raised)
+        return record
+
+    # ---- alert workflow ---------------------------------------------------------------
+
+    async def set_alert_state(self, alert_id: str, action: str, principal: str) -> dict[str, Any]:
+        """`acknowledge` (open -> acknowledged) or `resolve` (-> resolved). Repeating an
+        action, or acknowledging a resolved alert, changes nothing and returns the alert."""
+        target = ALERT_ACTIONS.get(action)
+        if target is None:
+            raise ShipmentError(422, "unknown_action", f"no alert action {action!r}")
+        order_id = await self.store.order_of_alert(alert_id)
+        if order_id is None:
+            raise ShipmentError(404, "alert_not_found", f"no alert {alert_id!r}")
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            order = await tx.orders.get(order_id)  # the order first, as everywhere
+            alert = await tx.alert(alert_id)
+            if order is None or alert is None:  # pragma: no cover - never deleted
+                raise ShipmentError(404, "alert_not_found", f"no alert {alert_id!r}")
+            if alert["state"] == "resolved" or alert["state"] == target:
+                return alert
+            alert = await tx.set_alert_state(alert_id, target, principal, now)
+            tx.emit(self._entry(f"alert.{target}", order, alert, now))
+            await self._commit(tx)
+        await self.refresh_open_alerts()
+        return alert
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -478,8 +932,42 @@ class ShipmentService:
             raise OrderNotFound(order_id)
         return [r.view() for r in await self.store.list_for_order(order_id)]
 
+    async def fulfillment(self, order_id: str) -> FulfillmentStatus:
+        """The order's fulfilment, derived from its active outbound shipments."""
+        if await self.store.load_order(order_id) is None:
+            raise OrderNotFound(order_id)
+        return _fulfillment(await self.store.list_for_order(order_id))
+
     async def open_alerts(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.store.open_alerts(limit)
+        return await self.store.alerts(("open", "acknowledged"), limit)
+
+    async def alerts(self, states: Sequence[str], limit: int = 100) -> list[dict[str, Any]]:
+        return await self.store.alerts(tuple(states), limit)
+
+
+UNKNOWN = "unknown_tracking_number"
+UNREADABLE = "unreadable"
+REVIEW = "review"
+ALERT_ACTIONS = {"acknowledge": "acknowledged", "resolve": "resolved"}
+ALERT_STATES = ("open", "acknowledged", "resolved")
+
+
+def _sources(
+    kind: str, updates: Sequence[TrackingUpdate], body: bytes
+) -> list[tuple[str, TrackingUpdate]]:
+    """The inbox key of each update: the callback's own id (or the hash of its bytes), per
+    parcel when one push carries several."""
+    out = []
+    for update in updates:
+        source = update.source_id or callback_id(kind, body)
+        if len(updates) > 1:
+            source = f"{source}:{update.tracking_number}"
+        out.append((source, update))
+    return out
+
+
+def _fulfillment(shipments: Iterable[ShipmentRecord]) -> FulfillmentStatus:
+    return fulfillment_of(r.shipment for r in shipments if r.active and not r.is_return)
 
 
 def _booking(order: Order, carrier_code: str, weight_kg: Decimal | None, service: str) -> Booking:

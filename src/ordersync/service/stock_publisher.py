@@ -10,10 +10,20 @@ still published once `max_wait` has passed since its first change. When a timer 
 * each channel has a token bucket (`rate` pushes a second, bursts of `burst`);
 * a failed push is retried with exponential backoff up to `max_attempts`; if it still
   fails (or the ATS cannot be read), the key is re-queued `requeue_after` seconds later
-  (the change is not lost).
+  (the change is not lost);
+* a push the platform refused for good (a `StockPushError` with `retryable` false: an
+  unknown item, a bad signature, an expired session) is not retried at once (the answer
+  would be the same, and some platforms charge per call) but re-queued like an exhausted
+  one, so a fixed mapping or a renewed token is picked up without a new stock change.
+
+Every attempt is reported to a `StockPushObserver` (the Prometheus counter
+`ordersync_stock_pushes_total{channel,outcome}`): `pushed`, `failed` (will be retried) or
+`rejected` (refused for good).
 
 `publish_due()` does one round and is what tests drive with a fake clock and sleep;
-`run()` loops it in production.
+`run()` loops it in production. Settings may differ per channel (`channel_settings`).
+`settled(sku)` is true once no channel has a push of that SKU pending or in flight: the
+durable "stock changed" marker (service/stock_sync.py) is deleted only then.
 """
 
 from __future__ import annotations
@@ -32,6 +42,24 @@ log = logging.getLogger(__name__)
 
 class StockPush(Protocol):
     async def push(self, channel_id: str, sku: str, quantity: int) -> None: ...
+
+
+class StockPushError(Exception):
+    """A push that did not take. `retryable`: whether trying again soon can help (busy,
+    down, rate-limited) or not (refused: unknown item, bad credentials)."""
+
+    def __init__(self, detail: str, *, retryable: bool = True) -> None:
+        super().__init__(detail)
+        self.retryable = retryable
+
+
+class StockPushObserver(Protocol):
+    def push_attempted(self, channel_id: str, outcome: str) -> None:
+        """One push attempt: `pushed`, `failed` (retryable) or `rejected` (permanent)."""
+        ...
+
+
+PUSHED, FAILED, REJECTED = "pushed", "failed", "rejected"
 
 
 # sku -> {channel_id: ATS}; a channel missing from the answer is not published.
@@ -70,33 +98,43 @@ class StockPublisher:
         port: StockPush,
         settings: PublisherSettings | None = None,
         *,
+        channel_settings: Mapping[str, PublisherSettings] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observer: StockPushObserver | None = None,
     ) -> None:
         self.channels = tuple(channels)
+        # Whoever built the port may hang the observer on it (`port.observer`), so the
+        # metrics reach the publisher without its owner (StockSync) knowing about them.
+        self._observer = observer or getattr(port, "observer", None)
         self.settings = settings or PublisherSettings()
+        self._per_channel = {
+            ch: (channel_settings or {}).get(ch, self.settings) for ch in self.channels
+        }
         self._source = source
         self._port = port
         self._clock = clock
         self._sleep = sleep
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._last: dict[tuple[str, str], int] = {}
+        self._busy: dict[str, int] = {}  # sku -> pushes (or ATS reads) in flight
         self._buckets = {
-            ch: TokenBucket(self.settings.rate, self.settings.burst, clock=clock, sleep=sleep)
-            for ch in self.channels
+            ch: TokenBucket(s.rate, s.burst, clock=clock, sleep=sleep)
+            for ch, s in self._per_channel.items()
         }
         self._wake = asyncio.Event()
         self.pushed = 0
         self.skipped_unchanged = 0
         self.failures = 0
+        self.rejected = 0
 
     # ---- input ----------------------------------------------------------------------------
 
     def notify(self, sku: str) -> None:
         """The stock of `sku` changed: (re)start its debounce timer on every channel."""
         now = self._clock()
-        s = self.settings
         for channel in self.channels:
+            s = self._per_channel[channel]
             key = (channel, sku)
             pending = self._pending.get(key)
             if pending is None:
@@ -107,6 +145,12 @@ class StockPublisher:
 
     def last_pushed(self, channel_id: str, sku: str) -> int | None:
         return self._last.get((channel_id, sku))
+
+    def settled(self, sku: str) -> bool:
+        """No push of `sku` is pending or in flight on any channel."""
+        if self._busy.get(sku):
+            return False
+        return not any((ch, sku) in self._pending for ch in self.channels)
 
     def next_due(self) -> float | None:
         return min((p.due for p in self._pending.values()), default=None)
@@ -121,6 +165,17 @@ class StockPublisher:
             return 0
         for key in due:
             del self._pending[key]
+        for _, sku in due:
+            self._busy[sku] = self._busy.get(sku, 0) + 1
+        try:
+            return await self._publish(due)
+        finally:
+            for _, sku in due:
+                self._busy[sku] -= 1
+                if not self._busy[sku]:
+                    del self._busy[sku]
+
+    async def _publish(self, due: list[tuple[str, str]]) -> int:
         values: dict[str, Mapping[str, int]] = {}
         unreadable: set[str] = set()
         for _, sku in due:
@@ -161,19 +216,32 @@ class StockPublisher:
 
     def _requeue(self, channel: str, sku: str) -> None:
         now = self._clock()
-        due = now + self.settings.requeue_after
+        due = now + self._per_channel[channel].requeue_after
         pending = self._pending.setdefault((channel, sku), _Pending(now, due))
         pending.due = min(pending.due, due)
 
     async def _push_with_retry(self, channel: str, sku: str, qty: int) -> bool:
-        s = self.settings
+        s = self._per_channel[channel]
         delay = s.backoff
         for attempt in range(1, s.max_attempts + 1):
             await self._buckets[channel].acquire()
             try:
                 await self._port.push(channel, sku, qty)
-            except Exception:
+            except Exception as e:
                 self.failures += 1
+                if isinstance(e, StockPushError) and not e.retryable:
+                    self.rejected += 1
+                    self._observe(channel, REJECTED)
+                    log.error(
+                        "stock push %s/%s=%d refused (not retried before %.0f s): %s",
+                        channel,
+                        sku,
+                        qty,
+                        s.requeue_after,
+                        e,
+                    )
+                    return False
+                self._observe(channel, FAILED)
                 log.warning(
                     "stock push %s/%s=%d failed (attempt %d/%d)",
                     channel,
@@ -188,8 +256,17 @@ class StockPublisher:
                 await self._sleep(delay)
                 delay = min(delay * 2, s.max_backoff)
             else:
+                self._observe(channel, PUSHED)
                 return True
         return False  # pragma: no cover - the loop always returns
+
+    def _observe(self, channel: str, outcome: str) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer.push_attempted(channel, outcome)
+        except Exception:  # metrics must never stop a push
+            log.warning("stock push observer failed", exc_info=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish whatever falls due until `stop` is set (production loop, real time)."""

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ordersync.domain.codec import order_to_dict
+from ordersync.domain.holds import HoldPolicy
 from ordersync.domain.inventory import Inventory, InventoryPolicy, Reservation
 from ordersync.domain.orders import HistoryEntry, Order
 from ordersync.service.outbox import EventRouter, OutboxEntry, outbox_entries
@@ -158,11 +159,25 @@ class StockRepository(abc.ABC):
     @abc.abstractmethod
     async def get_reservation(self, reservation_id: str) -> Reservation | None: ...
 
+    async def capacity_use(self, day: str) -> dict[str, int]:
+        """Shipments routed to each location on `day` (UTC ISO date), as far as known.
+        The default counts what this repository's inventory routed (the in-memory one)."""
+        return {loc: n for (loc, d), n in self.inventory.assigned.items() if d == day}
+
+    async def orders_short_of(self, skus: Iterable[str], limit: int) -> list[str]:
+        """Orders on hold whose last routing found one of `skus` short, oldest first.
+        The default knows none (the in-memory repository keeps no such index)."""
+        return []
+
     @abc.abstractmethod
     async def feed_get(self, source: str, message_id: str) -> StoredResponse | None: ...
 
     @abc.abstractmethod
     def feed_put(self, source: str, message_id: str, response: StoredResponse) -> None: ...
+
+    def mark_fed(self, sku: str, location_id: str) -> None:  # noqa: B027 - optional hook
+        """A WMS/ERP feed reported this stock row (a snapshot, a delta, a CSV import): its
+        feed is fresh again for channel stock publishing. Reservations never call this."""
 
 
 class UnitOfWork(abc.ABC):
@@ -170,6 +185,7 @@ class UnitOfWork(abc.ABC):
     inbox: Inbox
     idempotency: IdempotencyStore
     stock: StockRepository | None = None  # None: no locations configured, inventory is off
+    holds: HoldPolicy | None = None  # None: no `holds` configured, orders are not audited
 
     async def __aenter__(self) -> Self:
         return self

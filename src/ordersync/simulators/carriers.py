@@ -1,8 +1,10 @@
 """One fake server that plays three carrier formats: Kdniao, Kuaidi100 and a generic
 EasyPost-like REST carrier.
 
-It accepts bookings and subscriptions in each format, checking each signature or key the
-way the real service does, hands out tracking numbers, and records every parcel. Tests
+It accepts bookings, cancellations, subscriptions and tracking queries in each format,
+checking each signature or key the way the real service does, hands out tracking numbers,
+and records every parcel and every call (`calls`). `fail(kind)` makes a carrier answer
+with a server error (or a refusal) until `heal(kind)`, to exercise fallbacks. Tests
 then script a parcel's history (`add_trace`) and `push` signed callbacks in each format to
 a URL: the full snapshot, any subset of traces (a stale snapshot arriving late), or a
 carrier-code correction. Signing and encoding are written here independently of the
@@ -94,6 +96,17 @@ class SimParcel:
     salt: str = ""  # Kuaidi100: from the subscription
     subscribed: bool = False
     traces: list[SimTrace] = field(default_factory=list)
+    ref: str = ""  # the carrier's own id of the booking
+    cancelled: bool = False
+
+
+@dataclass
+class SimFault:
+    """How a failing carrier answers: an HTTP status (5xx), or a refusal in its format."""
+
+    status: int = 503
+    refuse: bool = False  # a business refusal (HTTP 200, Success false) instead
+    times: int | None = None  # None: until healed
 
 
 @dataclass(frozen=True)
@@ -143,9 +156,16 @@ def _kuaidi100_state(code: str) -> str:
     return code[0] if len(code) == 3 else code
 
 
-def kdniao_push_body(
-    account: KdniaoAccount, parcel: SimParcel, traces: Sequence[SimTrace], now: datetime
-) -> bytes:
+def kdniao_push_body_item(
+    account: KdniaoAccount, parcel: SimParcel, traces: Sequence[SimTrace]
+) -> str:
+    """One parcel as Kdniao describes it: a push's `Data[]` entry, an 8001 query answer."""
+    return _json(_kdniao_item(account, parcel, traces))
+
+
+def _kdniao_item(
+    account: KdniaoAccount, parcel: SimParcel, traces: Sequence[SimTrace]
+) -> dict[str, Any]:
     ordered = sorted(traces, key=lambda t: t.at)
     state_ex = ordered[-1].code if ordered else "0"
     item = {
@@ -167,6 +187,13 @@ def kdniao_push_body(
             for t in ordered
         ],
     }
+    return item
+
+
+def kdniao_push_body(
+    account: KdniaoAccount, parcel: SimParcel, traces: Sequence[SimTrace], now: datetime
+) -> bytes:
+    item = _kdniao_item(account, parcel, traces)
     data = _json(
         {"EBusinessID": account.ebusiness_id, "PushTime": _cn(now), "Count": "1", "Data": [item]}
     )
@@ -184,6 +211,17 @@ def kuaidi100_push_body(
     *,
     correction: tuple[str, str] | None = None,
 ) -> bytes:
+    param = kuaidi100_push_body_param(parcel, traces, correction=correction)
+    return urlencode({"param": param, "sign": kuaidi100_md5(param + parcel.salt)}).encode()
+
+
+def kuaidi100_push_body_param(
+    parcel: SimParcel,
+    traces: Sequence[SimTrace],
+    *,
+    correction: tuple[str, str] | None = None,
+) -> str:
+    """A push's `param` JSON; its `lastResult` is also what an instant query answers."""
     newest_first = sorted(traces, key=lambda t: t.at, reverse=True)
     sub = newest_first[0].code if newest_first else "1"
     state = _kuaidi100_state(sub)
@@ -218,7 +256,7 @@ def kuaidi100_push_body(
             },
         }
     )
-    return urlencode({"param": param, "sign": kuaidi100_md5(param + parcel.salt)}).encode()
+    return param
 
 
 def generic_push_body(parcel: SimParcel, traces: Sequence[SimTrace], now: datetime) -> bytes:
@@ -270,6 +308,8 @@ class CarrierSimulator(LoopbackServer):
         self.parcels: dict[str, SimParcel] = {}
         self.rejected: list[tuple[str, str]] = []  # (route, reason)
         self.pushes: list[tuple[str, str, int]] = []  # (kind, tracking number, status)
+        self.calls: list[tuple[str, str, str]] = []  # (kind, api, tracking number or "")
+        self.faults: dict[str, SimFault] = {}
         self.base_url: str | None = None
         self._numbers = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -284,7 +324,38 @@ class CarrierSimulator(LoopbackServer):
         app.router.add_post("/kuaidi100/poll", self._kuaidi100_poll)
         app.router.add_post("/generic/v2/shipments", self._generic_shipment)
         app.router.add_post("/generic/v2/trackers", self._generic_tracker)
+        app.router.add_post("/kuaidi100/poll/query.do", self._kuaidi100_query)
+        app.router.add_get("/generic/v2/trackers", self._generic_trackers)
+        app.router.add_delete("/generic/v2/shipments/{ref}", self._generic_cancel)
         return app
+
+    # ---- faults -----------------------------------------------------------------------
+
+    def fail(
+        self, kind: str, *, status: int = 503, refuse: bool = False, times: int | None = None
+    ) -> None:
+        """Make every call to this carrier fail (the next `times` calls, or until healed)."""
+        self.faults[kind] = SimFault(status, refuse, times)
+
+    def heal(self, kind: str) -> None:
+        self.faults.pop(kind, None)
+
+    def _fault(self, kind: str) -> web.Response | None:
+        fault = self.faults.get(kind)
+        if fault is None:
+            return None
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                del self.faults[kind]
+        self.calls.append((kind, "fault", ""))
+        if not fault.refuse:
+            return web.Response(status=fault.status, text="upstream unavailable")
+        refusal: dict[str, Any] = {
+            "kdniao": {"Success": False, "ResultCode": "105", "Reason": "系统繁忙"},
+            "kuaidi100": {"success": False, "code": 500, "message": "系统繁忙"},
+        }.get(kind, {"error": {"code": "CARRIER.DOWN", "message": "carrier unavailable"}})
+        return web.json_response(refusal, status=200 if kind != "generic" else 422)
 
     def endpoint(self, kind: str) -> str:
         if self.base_url is None:
@@ -305,6 +376,8 @@ class CarrierSimulator(LoopbackServer):
     # ---- Kdniao -----------------------------------------------------------------------
 
     async def _kdniao(self, request: web.Request) -> web.Response:
+        if (failed := self._fault("kdniao")) is not None:
+            return failed
         form = await self._form(request)
         ebid = self.kdniao.ebusiness_id
         data = form.get("RequestData", "")
@@ -325,8 +398,13 @@ class CarrierSimulator(LoopbackServer):
         if request_type == "1007":
             number = self._new_number("SF")
             self.parcels[number] = SimParcel(
-                "kdniao", number, payload["ShipperCode"], order_id=payload["OrderCode"]
+                "kdniao",
+                number,
+                payload["ShipperCode"],
+                order_id=payload["OrderCode"],
+                ref=f"KDN{number}",
             )
+            self.calls.append(("kdniao", "book", number))
             order = {
                 "OrderCode": payload["OrderCode"],
                 "ShipperCode": payload["ShipperCode"],
@@ -352,12 +430,29 @@ class CarrierSimulator(LoopbackServer):
             return web.json_response(
                 {**answer, "Success": True, "UpdateTime": _cn(self.clock()), "Reason": ""}
             )
+        if request_type == "1147":
+            found = self.parcels.get(payload.get("ExpNo", ""))
+            self.calls.append(("kdniao", "cancel", payload.get("ExpNo", "")))
+            if found is None:
+                return web.json_response({**answer, "ResultCode": "106", "Reason": "单号不存在"})
+            found.cancelled = True
+            return web.json_response({**answer, "Success": True, "ResultCode": "100"})
+        if request_type == "8001":
+            number = payload.get("LogisticCode", "")
+            self.calls.append(("kdniao", "query", number))
+            found = self.parcels.get(number)
+            if found is None:
+                return web.json_response({**answer, "Reason": "暂无轨迹信息"})
+            item = json.loads(kdniao_push_body_item(self.kdniao, found, found.traces))
+            return web.json_response({**item, "Success": True})
         self._reject("kdniao", f"unknown RequestType {request_type}")
         return web.json_response({**answer, "ResultCode": "104", "Reason": "RequestType错误"})
 
     # ---- Kuaidi100 --------------------------------------------------------------------
 
     async def _kuaidi100_order(self, request: web.Request) -> web.Response:
+        if (failed := self._fault("kuaidi100")) is not None:
+            return failed
         form = await self._form(request)
         acct = self.kuaidi100
         param, t = form.get("param", ""), form.get("t", "")
@@ -368,10 +463,19 @@ class CarrierSimulator(LoopbackServer):
             self._reject("kuaidi100/order", "bad key or sign")
             return web.json_response({"success": False, "code": 30002, "message": "验证签名失败"})
         payload = json.loads(param)
+        if form.get("method") == "cancel":
+            number = payload.get("kuaidinum", "")
+            self.calls.append(("kuaidi100", "cancel", number))
+            found = self.parcels.get(number)
+            if found is None:
+                return web.json_response({"success": False, "code": 30003, "message": "无此单号"})
+            found.cancelled = True
+            return web.json_response({"success": True, "code": 200, "message": "success"})
         number = self._new_number("YT")
         self.parcels[number] = SimParcel(
             "kuaidi100", number, payload["kuaidicom"], order_id=payload.get("orderId", "")
         )
+        self.calls.append(("kuaidi100", "book", number))
         return web.json_response(
             {
                 "success": True,
@@ -384,6 +488,30 @@ class CarrierSimulator(LoopbackServer):
                 },
             }
         )
+
+    async def _kuaidi100_query(self, request: web.Request) -> web.Response:
+        if (failed := self._fault("kuaidi100")) is not None:
+            return failed
+        form = await self._form(request)
+        param, customer = form.get("param", ""), form.get("customer", "")
+        acct = self.kuaidi100
+        expected = kuaidi100_md5(param + acct.key + customer)
+        if customer != acct.customer or not hmac.compare_digest(
+            form.get("sign", "").encode(), expected.encode()
+        ):
+            self._reject("kuaidi100/query", "bad customer or sign")
+            return web.json_response(
+                {"result": False, "returnCode": "601", "message": "key已过期或签名错误"}
+            )
+        number = json.loads(param).get("num", "")
+        self.calls.append(("kuaidi100", "query", number))
+        found = self.parcels.get(number)
+        if found is None or not found.traces:
+            return web.json_response(
+                {"result": False, "returnCode": "500", "message": "查询无结果，请隔段时间再查"}
+            )
+        last = json.loads(kuaidi100_push_body_param(found, found.traces))["lastResult"]
+        return web.json_response(last)
 
     async def _kuaidi100_poll(self, request: web.Request) -> web.Response:
         form = await self._form(request)
@@ -414,6 +542,8 @@ class CarrierSimulator(LoopbackServer):
         )
 
     async def _generic_shipment(self, request: web.Request) -> web.Response:
+        if (failed := self._fault("generic")) is not None:
+            return failed
         if not self._authorised(request):
             self._reject("generic/shipments", "bad api key")
             return web.json_response(
@@ -421,12 +551,18 @@ class CarrierSimulator(LoopbackServer):
             )
         shipment = (await request.json())["shipment"]
         number = self._new_number("9400")
+        ref = f"shp_{uuid.uuid4().hex[:16]}"
         self.parcels[number] = SimParcel(
-            "generic", number, shipment.get("carrier", ""), order_id=shipment.get("reference", "")
+            "generic",
+            number,
+            shipment.get("carrier", ""),
+            order_id=shipment.get("reference", ""),
+            ref=ref,
         )
+        self.calls.append(("generic", "book", number))
         return web.json_response(
             {
-                "id": f"shp_{uuid.uuid4().hex[:16]}",
+                "id": ref,
                 "object": "Shipment",
                 "reference": shipment.get("reference"),
                 "carrier": shipment.get("carrier"),
@@ -435,6 +571,32 @@ class CarrierSimulator(LoopbackServer):
             },
             status=201,
         )
+
+    async def _generic_cancel(self, request: web.Request) -> web.Response:
+        if (failed := self._fault("generic")) is not None:
+            return failed
+        if not self._authorised(request):
+            return web.json_response({"error": {"code": "APIKEY.INVALID"}}, status=401)
+        ref = request.match_info["ref"]
+        found = next((p for p in self.parcels.values() if ref in (p.ref, p.tracking_number)), None)
+        self.calls.append(("generic", "cancel", found.tracking_number if found else ref))
+        if found is None:
+            return web.json_response({"error": {"code": "NOT_FOUND"}}, status=404)
+        found.cancelled = True
+        return web.json_response({"id": found.ref, "refund_status": "submitted"})
+
+    async def _generic_trackers(self, request: web.Request) -> web.Response:
+        if (failed := self._fault("generic")) is not None:
+            return failed
+        if not self._authorised(request):
+            return web.json_response({"error": {"code": "APIKEY.INVALID"}}, status=401)
+        codes = [c for c in request.query.get("tracking_codes", "").split(",") if c]
+        self.calls.append(("generic", "query", ",".join(codes)))
+        found = [self.parcels[c] for c in codes if c in self.parcels]
+        trackers = [
+            json.loads(generic_push_body(p, p.traces, self.clock()))["result"] for p in found
+        ]
+        return web.json_response({"trackers": trackers})
 
     async def _generic_tracker(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

@@ -4,6 +4,10 @@ It checks every call's `sign` (md5 or hmac-sha256), the app key and the access t
 the orders updated in [update_time_start, update_time_end] (Unix seconds) page by page
 (pages counted from 0, as the platform does), and can refuse calls as rate-limited. It also
 pushes signed messages ({tag, msg_id, data}) to a URL, as the platform's message service.
+
+It also takes `sku.syncStock` (signed common parameters in the query, `param_json` with
+`sku_id` or `code`, `stock_num`, `incremental` as the body) and records each level it sets
+in `stock_records` (item: the `sku_id`, or the `code`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,19 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ordersync.adapters.channels.douyin import OK, SEARCH_METHOD, event_sign, verify_call
+from ordersync.adapters.channels.douyin import (
+    DETAIL_METHOD,
+    OK,
+    SEARCH_METHOD,
+    event_sign,
+    verify_call,
+)
 from ordersync.simulators.server import LoopbackServer
+from ordersync.simulators.stock_recorder import StockRecord
+from ordersync.simulators.writebacks import WriteBack, WritebackDesk
+
+LOGISTICS_ADD_METHOD = "order.logisticsAdd"
+SYNC_STOCK_METHOD = "sku.syncStock"
 
 __all__ = ["DouyinShop", "make_order"]
 
@@ -93,6 +108,10 @@ class DouyinShop(LoopbackServer):
         self.calls = 0
         self.forged = 0
         self.throttle_next = 0
+        self.writebacks = WritebackDesk()  # order.logisticsAdd calls accepted
+        self.stock_records: list[StockRecord] = []  # sku.syncStock calls accepted
+        self.stock_levels: dict[str, int] = {}  # sku_id (or code) -> its level now
+        self.stock_refuse = False  # answer stock updates as for an unknown SKU
         self.base_url: str | None = None
         self._ids = itertools.count(FIRST_ORDER_ID, 11)
         self._msgs = itertools.count(1)
@@ -115,21 +134,36 @@ class DouyinShop(LoopbackServer):
         self.put({**self.orders[order_id], **changes, "update_time": stamp})
 
     # ---- message push --------------------------------------------------------------------
-    def message_body(self, tag: str, order: dict[str, Any]) -> bytes:
+    def message_body(self, tag: str, order: dict[str, Any], *, msg_id: str | None = None) -> bytes:
+        """A one-message push about `order` (`msg_id`: resend an earlier message)."""
         data = {
             "p_id": int(order["order_id"]),
             "s_ids": [int(s["order_id"]) for s in order["sku_order_list"]],
+            "shop_id": 77_000_001,
             "order_status": order["order_status"],
+            "order_type": 0,
+            "biz": 2,
             "update_time": order["update_time"],
         }
-        msg = {"tag": tag, "msg_id": f"dy-msg-{next(self._msgs)}", "data": json.dumps(data)}
+        msg = {
+            "tag": tag,
+            "msg_id": msg_id or f"dy-msg-{next(self._msgs)}",
+            "data": json.dumps(data),
+        }
         return json.dumps([msg], ensure_ascii=False).encode("utf-8")
 
     async def push(
-        self, url: str, tag: str, order: dict[str, Any], *, sign_method: str = "md5"
+        self,
+        url: str,
+        tag: str,
+        order: dict[str, Any],
+        *,
+        sign_method: str = "md5",
+        msg_id: str | None = None,
     ) -> int:
-        """POST a signed message about `order`; the receiver's HTTP status."""
-        body = self.message_body(tag, order)
+        """POST a signed message about `order`; the receiver's HTTP status. Tags as the
+        platform's: 100 created, 101 paid, 102 shipped, 103 finished, 106 cancelled."""
+        body = self.message_body(tag, order, msg_id=msg_id)
         headers = {
             "content-type": "application/json",
             "app-id": self.app_key,
@@ -148,7 +182,103 @@ class DouyinShop(LoopbackServer):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/" + SEARCH_METHOD.replace(".", "/"), self._search)
+        app.router.add_route("*", "/" + DETAIL_METHOD.replace(".", "/"), self._detail)
+        app.router.add_post("/" + LOGISTICS_ADD_METHOD.replace(".", "/"), self._logistics_add)
+        app.router.add_post("/" + SYNC_STOCK_METHOD.replace(".", "/"), self._sync_stock)
         return app
+
+    def latest_stock(self, item: str) -> int | None:
+        """The last level set for a `sku_id` (or a SKU `code`), if any."""
+        return self.stock_levels.get(item)
+
+    async def _sync_stock(self, request: web.Request) -> web.Response:
+        """Set (`incremental: false`) or shift the stock of one SKU, by `sku_id` or `code`:
+        the signed common parameters in the query, `param_json` as the JSON body."""
+        self.calls += 1
+        params: dict[str, str] = dict(request.query)
+        params["param_json"] = (await request.read()).decode("utf-8")
+        if params.get("app_key") != self.app_key:
+            return _error(30001, "app_key不存在", "isv.app-key-invalid")
+        if params.get("method") != SYNC_STOCK_METHOD:
+            return _error(30002, "method不匹配", "isv.method-invalid")
+        if not verify_call(params, self.app_secret):
+            self.forged += 1
+            return _error(30004, "签名校验失败 (sign invalid)", "isv.sign-invalid")
+        if params.get("access_token") != self.access_token:
+            return _error(30005, "access_token已过期", "isv.access-token-expired")
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            return _error(50002, "调用频率超限 (rate limit)", "isp.rate-limited")
+        try:
+            business = json.loads(params["param_json"])
+            amount = int(business["stock_num"])
+            item = str(business["sku_id"]) if "sku_id" in business else str(business["code"])
+            incremental = business.get("incremental", False)
+        except (KeyError, ValueError, TypeError):
+            return _error(40004, "参数错误", "isv.parameter-invalid")
+        level = amount + self.stock_levels.get(item, 0) if incremental is True else amount
+        if level < 0 or not item:
+            return _error(40004, "参数错误", "isv.parameter-invalid")
+        if self.stock_refuse:
+            return _error(50001, "sku不存在", "isv.business-failed:sku-not-found")
+        self.stock_levels[item] = level
+        self.stock_records.append(StockRecord("douyin", item, None, level, self.clock()))
+        return _json({"code": OK, "msg": "success", "data": {}, "log_id": "sim"})
+
+    async def _logistics_add(self, request: web.Request) -> web.Response:
+        """Ship an order: the signed common parameters in the query, `param_json` (order_id,
+        company_code, logistics_code) as the JSON body."""
+        params: dict[str, str] = dict(request.query)
+        params["param_json"] = (await request.read()).decode("utf-8")
+        if params.get("app_key") != self.app_key:
+            return _error(30001, "app_key不存在", "isv.app-key-invalid")
+        if params.get("method") != LOGISTICS_ADD_METHOD:
+            return _error(30002, "method不匹配", "isv.method-invalid")
+        if not verify_call(params, self.app_secret):
+            self.forged += 1
+            return _error(30004, "签名校验失败 (sign invalid)", "isv.sign-invalid")
+        if params.get("access_token") != self.access_token:
+            return _error(30005, "access_token已过期", "isv.access-token-expired")
+        if self.writebacks.should_fail():
+            return web.Response(status=500, text="Internal Server Error")
+        try:
+            business = json.loads(params["param_json"])
+            order_id = str(business["order_id"])
+            company, number = str(business["company_code"]), str(business["logistics_code"])
+        except (KeyError, ValueError, TypeError):
+            return _error(40004, "参数错误", "isv.parameter-invalid")
+        order = self.orders.get(order_id)
+        if order is None or self.writebacks.refuse or order["order_status"] == 4:
+            return _error(50001, "订单状态不允许发货", "isv.business-failed:order-cannot-ship")
+        self.writebacks.received.append(WriteBack(order_id, company, number))
+        self.update(order_id, order_status=3, ship_time=int(self.clock().timestamp()))
+        return _json({"code": OK, "msg": "success", "data": {}, "log_id": "sim"})
+
+    async def _detail(self, request: web.Request) -> web.Response:
+        """order.orderDetail: one order by `shop_order_id`, as the search lists it."""
+        self.calls += 1
+        params: dict[str, str] = dict(request.query)
+        if request.method == "POST":
+            params.update({k: str(v) for k, v in (await request.post()).items()})
+        if params.get("app_key") != self.app_key or params.get("method") != DETAIL_METHOD:
+            return _error(30002, "method不匹配", "isv.method-invalid")
+        if not verify_call(params, self.app_secret):
+            self.forged += 1
+            return _error(30004, "签名校验失败 (sign invalid)", "isv.sign-invalid")
+        if params.get("access_token") != self.access_token:
+            return _error(30005, "access_token已过期", "isv.access-token-expired")
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            return _error(50002, "调用频率超限 (rate limit)", "isp.rate-limited")
+        try:
+            order_id = str(json.loads(params["param_json"])["shop_order_id"])
+        except (KeyError, ValueError, TypeError):
+            return _error(40004, "参数错误", "isv.parameter-invalid")
+        order = self.orders.get(order_id)
+        if order is None:
+            return _error(50001, "订单不存在", "isv.business-failed:order-not-found")
+        data = {"shop_order_detail": order}
+        return _json({"code": OK, "msg": "success", "data": data, "log_id": "sim"})
 
     async def _search(self, request: web.Request) -> web.Response:
         self.calls += 1

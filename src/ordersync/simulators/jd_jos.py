@@ -4,6 +4,10 @@ It checks every call's `sign` (upper-case MD5 of secret + sorted name/value pair
 the app key and the access token, serves the orders modified in [start_date, end_date]
 (China time, at most one month) page by page in JOS's JSON envelope, and can refuse calls
 as over the rate limit. Order ids are 64-bit integers, written with every digit.
+
+It also takes `jingdong.stock.write.updateSkuStock` (`skuId`, `stockNum` in
+`360buy_param_json`), signed like every call, and records each level it sets in
+`stock_records` (item: the `skuId`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ from ordersync.adapters.channels.jd import (
     verify_sign,
 )
 from ordersync.simulators.server import LoopbackServer
+from ordersync.simulators.stock_recorder import StockRecord
+from ordersync.simulators.writebacks import WriteBack, WritebackDesk
+
+SHIPMENT_METHOD = "jingdong.pop.order.shipment"
+SHIPMENT_RESPONSE_KEY = "jingdong_pop_order_shipment_responce"
+STOCK_METHOD = "jingdong.stock.write.updateSkuStock"
+STOCK_RESPONSE_KEY = "jingdong_stock_write_updateSkuStock_responce"
 
 __all__ = ["JosGateway", "make_order", "sign"]
 
@@ -101,6 +112,10 @@ class JosGateway(LoopbackServer):
         self.calls = 0
         self.forged = 0
         self.throttle_next = 0  # refuse this many calls as over the call limit
+        self.writebacks = WritebackDesk()  # jingdong.pop.order.shipment calls accepted
+        self.stock_records: list[StockRecord] = []  # updateSkuStock calls accepted
+        self.stock_levels: dict[str, int] = {}  # skuId -> its level now
+        self.stock_refuse = False  # answer stock updates as for an unknown SKU
         self.base_url: str | None = None
         self._ids = itertools.count(FIRST_ORDER_ID, 13)
         self._runner: web.AppRunner | None = None
@@ -141,6 +156,10 @@ class JosGateway(LoopbackServer):
         if self.throttle_next > 0:
             self.throttle_next -= 1
             return _answer(_error("63", "call limit exceeded", "调用频率超限"))
+        if params.get("method") == STOCK_METHOD:
+            return self._update_sku_stock(params)
+        if params.get("method") == SHIPMENT_METHOD:
+            return self._shipment(params)
         if params.get("method") != SEARCH_METHOD:
             return _answer(_error("22", "Invalid method", "无效的方法"))
         try:
@@ -174,6 +193,50 @@ class JosGateway(LoopbackServer):
             "orderTotal": len(chosen),
         }
         return _answer({RESPONSE_KEY: {"code": "0", "searchorderinfo_result": result}})
+
+    def _shipment(self, params: Mapping[str, str]) -> web.Response:
+        """Ship an order: `orderId`, `logiCoprId` (JD's logistics company id), `logiNo`."""
+        if self.writebacks.should_fail():
+            return web.Response(status=500, text="Internal Server Error")
+        try:
+            business = json.loads(params["360buy_param_json"])
+            order_id = int(business["orderId"])
+            company, number = str(business["logiCoprId"]), str(business["logiNo"])
+        except (KeyError, ValueError, TypeError):
+            return _answer(_error("3", "Invalid arguments", "参数错误"))
+        order = self.orders.get(order_id)
+        if order is None or self.writebacks.refuse or order["orderState"] == "TRADE_CANCELED":
+            result = {
+                "success": False,
+                "code": "10400001",
+                "englishErrCode": "order cannot be shipped",
+                "chineseErrCode": "订单不存在或状态不允许出库",
+            }
+        else:
+            self.writebacks.received.append(WriteBack(str(order_id), company, number))
+            self.update(order_id, orderState="WAIT_GOODS_RECEIVE_CONFIRM", waybill=number)
+            result = {"success": True, "code": "0", "englishErrCode": "success"}
+        return _answer({SHIPMENT_RESPONSE_KEY: {"code": "0", "sopjosshipment_result": result}})
+
+    def latest_stock(self, sku_id: str) -> int | None:
+        """The last level set for a JD `skuId`, if any."""
+        return self.stock_levels.get(sku_id)
+
+    def _update_sku_stock(self, params: Mapping[str, str]) -> web.Response:
+        """Set the stock of one SKU: `skuId`, `stockNum` (absolute, 0 or more)."""
+        try:
+            business = json.loads(params["360buy_param_json"])
+            sku_id, level = int(business["skuId"]), int(business["stockNum"])
+        except (KeyError, ValueError, TypeError):
+            return _answer(_error("3", "Invalid arguments", "参数错误"))
+        if sku_id <= 0 or level < 0:
+            return _answer(_error("3", "Invalid arguments", "参数错误"))
+        if self.stock_refuse:
+            refused = {"code": "0", "success": False, "message": "sku not found: 商品不存在"}
+            return _answer({STOCK_RESPONSE_KEY: refused})
+        self.stock_levels[str(sku_id)] = level
+        self.stock_records.append(StockRecord("jd", str(sku_id), None, level, self.clock()))
+        return _answer({STOCK_RESPONSE_KEY: {"code": "0", "success": True}})
 
     def signed_params(self, params: Mapping[str, str]) -> dict[str, str]:
         """`params` with the sign a client would add (for tests of the gateway itself)."""

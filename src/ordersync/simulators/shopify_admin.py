@@ -22,8 +22,11 @@ from aiohttp import web
 
 from ordersync.simulators.server import LoopbackServer
 from ordersync.simulators.shopify_store import API_VERSION, OrderFactory, encode
+from ordersync.simulators.writebacks import WriteBack, WritebackDesk
 
 ORDERS_PATH = "/admin/api/{version}/orders.json"
+FULFILLMENT_ORDERS_PATH = "/admin/api/{version}/orders/{{order_id}}/fulfillment_orders.json"
+FULFILLMENTS_PATH = "/admin/api/{version}/fulfillments.json"
 MAX_LIMIT = 250
 _PAGE_INFO_ALLOWED = frozenset({"page_info", "limit", "fields"})
 
@@ -82,6 +85,10 @@ class ShopifyAdmin(LoopbackServer):
         self.calls_used = 0  # reported in X-Shopify-Shop-Api-Call-Limit; +1 per call
         self.throttle_next = 0  # answer this many requests 429
         self.retry_after = "0"  # their Retry-After
+        # Fulfillments created (POST fulfillments.json): one fulfillment order per order,
+        # open until fulfilled, then closed.
+        self.writebacks = WritebackDesk()
+        self.fulfilled: set[int] = set()
         self.base_url: str | None = None
         self._runner: web.AppRunner | None = None
 
@@ -115,7 +122,75 @@ class ShopifyAdmin(LoopbackServer):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(self.orders_path, self._list_orders)
+        v = self.api_version
+        app.router.add_get(FULFILLMENT_ORDERS_PATH.format(version=v), self._fulfillment_orders)
+        app.router.add_post(FULFILLMENTS_PATH.format(version=v), self._fulfill)
         return app
+
+    def _token_ok(self, request: web.Request) -> bool:
+        given = request.headers.get("X-Shopify-Access-Token", "")
+        return hmac.compare_digest(given.encode(), self.access_token.encode())
+
+    @staticmethod
+    def fulfillment_order_id(order_id: int) -> int:
+        """The id of an order's (only) fulfillment order in this simulator."""
+        return order_id * 10 + 1
+
+    async def _fulfillment_orders(self, request: web.Request) -> web.Response:
+        if not self._token_ok(request):
+            return _error(401, b'"[API] Invalid API key or access token"')
+        try:
+            order_id = int(request.match_info["order_id"])
+        except ValueError:
+            return _error(404, b'"Not Found"')
+        order = self.orders.get(order_id)
+        if order is None:
+            return _error(404, b'"Not Found"')
+        status = "closed" if order_id in self.fulfilled else "open"
+        lines = [
+            {"id": int(li["id"]) * 10 + 1, "line_item_id": li["id"], "quantity": li["quantity"]}
+            for li in order.get("line_items", [])
+        ]
+        fo = {
+            "id": self.fulfillment_order_id(order_id),
+            "order_id": order_id,
+            "status": status,
+            "line_items": lines,
+        }
+        return web.json_response({"fulfillment_orders": [fo]})
+
+    async def _fulfill(self, request: web.Request) -> web.Response:
+        """Create a fulfillment: `line_items_by_fulfillment_order` + `tracking_info`."""
+        if not self._token_ok(request):
+            return _error(401, b'"[API] Invalid API key or access token"')
+        if self.writebacks.should_fail():
+            return _error(500, b'"Internal Server Error"')
+        try:
+            body = orjson.loads(await request.read())["fulfillment"]
+            [pair] = body["line_items_by_fulfillment_order"]
+            fo_id = int(pair["fulfillment_order_id"])
+            tracking = body["tracking_info"]
+            number, company = str(tracking["number"]), str(tracking.get("company") or "")
+        except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
+            return _error(400, b'{"fulfillment":"Required parameter missing or invalid"}')
+        order_id = (fo_id - 1) // 10
+        if order_id not in self.orders or self.fulfillment_order_id(order_id) != fo_id:
+            return _error(404, b'"Not Found"')
+        if self.writebacks.refuse or order_id in self.fulfilled:
+            return _error(
+                422, b'{"base":["Fulfillment order has an unfulfillable status= closed"]}'
+            )
+        self.fulfilled.add(order_id)
+        self.writebacks.received.append(WriteBack(str(order_id), company, number))
+        self.update(order_id, fulfillment_status="fulfilled")
+        fulfillment = {
+            "id": fo_id * 7,
+            "order_id": order_id,
+            "status": "success",
+            "tracking_company": company,
+            "tracking_number": number,
+        }
+        return web.json_response({"fulfillment": fulfillment}, status=201)
 
     async def _list_orders(self, request: web.Request) -> web.Response:
         q = request.query

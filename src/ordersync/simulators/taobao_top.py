@@ -4,6 +4,10 @@ It checks every call's `sign` (md5, hmac or hmac-sha256), the app key and the se
 serves the trades modified in [start_modified, end_modified] (China time, at most one day)
 page by page in JSON or XML, and can refuse calls with TOP's "App Call Limited" error.
 Trades keep their 64-bit `tid` as an integer, so its JSON shows every digit.
+
+It also takes `taobao.item.quantity.update` (`num_iid`, `sku_id` or `outer_id`, `quantity`,
+`type` 1 full / 2 delta), signed like every call, and records each level it sets in
+`stock_records` (item `num_iid`, or `num_iid:sku_id` / `num_iid:outer_id`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from aiohttp import web
 
 from ordersync.adapters.channels.taobao import CHINA, INCREMENT_METHOD, sign, top_time, verify_sign
 from ordersync.simulators.server import LoopbackServer
+from ordersync.simulators.stock_recorder import StockRecord
+from ordersync.simulators.writebacks import WriteBack, WritebackDesk
+
+OFFLINE_SEND_METHOD = "taobao.logistics.offline.send"
+QUANTITY_UPDATE_METHOD = "taobao.item.quantity.update"
 
 __all__ = ["TopGateway", "make_trade", "sign"]
 
@@ -98,6 +107,10 @@ class TopGateway(LoopbackServer):
         self.calls = 0
         self.forged = 0
         self.throttle_next = 0  # refuse this many calls with "App Call Limited"
+        self.writebacks = WritebackDesk()  # taobao.logistics.offline.send calls accepted
+        self.stock_records: list[StockRecord] = []  # taobao.item.quantity.update accepted
+        self.stock_levels: dict[str, int] = {}  # item key -> its level now
+        self.stock_refuse = False  # answer quantity updates as for an unknown item
         self.base_url: str | None = None
         self._tids = itertools.count(FIRST_TID, 17)
         self._runner: web.AppRunner | None = None
@@ -149,6 +162,10 @@ class TopGateway(LoopbackServer):
                     "This ban will last for 0 more seconds",
                 ),
             )
+        if params.get("method") == QUANTITY_UPDATE_METHOD:
+            return self._quantity_update(params, fmt)
+        if params.get("method") == OFFLINE_SEND_METHOD:
+            return self._offline_send(params, fmt)
         if params.get("method") != INCREMENT_METHOD:
             return _answer(fmt, _error(22, "Invalid method", "isv.method-not-exists"))
         try:
@@ -171,6 +188,64 @@ class TopGateway(LoopbackServer):
         else:
             body["total_results"] = len(chosen)
         return _answer(fmt, {"trades_sold_increment_get_response": body})
+
+    def _offline_send(self, params: Mapping[str, str], fmt: str) -> web.Response:
+        """Ship a trade with the seller's own logistics: `tid`, `out_sid`, `company_code`."""
+        if self.writebacks.should_fail():
+            return web.Response(status=500, text="Internal Server Error")
+        tid, out_sid, company = params.get("tid"), params.get("out_sid"), params.get("company_code")
+        if not (tid and out_sid and company and tid.isdigit()):
+            return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter"))
+        trade = self.trades.get(int(tid))
+        if trade is None or self.writebacks.refuse:
+            return _answer(
+                fmt,
+                _error(
+                    15,
+                    "Remote service error",
+                    "isv.logistics-offline-service-error:B01",
+                    "交易不存在或状态不允许发货",
+                ),
+            )
+        self.writebacks.received.append(WriteBack(tid, company, out_sid))
+        self.update(
+            int(tid), status="WAIT_BUYER_CONFIRM_GOODS", consign_time=top_time(self.clock())
+        )
+        shipping = {"is_success": True}
+        return _answer(fmt, {"logistics_offline_send_response": {"shipping": shipping}})
+
+    def latest_stock(self, item: str) -> int | None:
+        """The last level set for `item` (`num_iid` or `num_iid:sku_id`), if any."""
+        return self.stock_levels.get(item)
+
+    def _quantity_update(self, params: Mapping[str, str], fmt: str) -> web.Response:
+        """Set (type 1) or shift (type 2) the stock of an item or one of its SKUs."""
+        num_iid, quantity = params.get("num_iid", ""), params.get("quantity", "")
+        kind = params.get("type", "1")
+        sku = params.get("sku_id") or params.get("outer_id")  # sku_id wins when both
+        if not num_iid.isdigit() or kind not in ("1", "2"):
+            return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter"))
+        try:
+            amount = int(quantity)
+        except ValueError:
+            return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter"))
+        item = f"{num_iid}:{sku}" if sku else num_iid
+        level = amount if kind == "1" else self.stock_levels.get(item, 0) + amount
+        if level < 0:
+            return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter"))
+        if self.stock_refuse:
+            return _answer(
+                fmt,
+                _error(15, "Remote service error", "isv.item-not-exist", "商品不存在或已删除"),
+            )
+        now = self.clock()
+        self.stock_levels[item] = level
+        self.stock_records.append(StockRecord("taobao", item, None, level, now))
+        answer: dict[str, Any] = {"num_iid": int(num_iid), "num": level, "modified": top_time(now)}
+        if params.get("sku_id"):
+            sku_line = {"sku_id": int(params["sku_id"]), "quantity": level}
+            answer["skus"] = {"sku": [{**sku_line, "modified": top_time(now)}]}
+        return _answer(fmt, {"item_quantity_update_response": {"item": answer}})
 
     def signed_params(self, params: Mapping[str, str], method: str = "md5") -> dict[str, str]:
         """`params` with the sign a client would add (for tests of the gateway itself)."""

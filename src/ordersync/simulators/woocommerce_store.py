@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import itertools
 import math
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,8 +26,11 @@ import orjson
 from aiohttp import web
 
 from ordersync.simulators.server import LoopbackServer
+from ordersync.simulators.writebacks import WriteBack, WritebackDesk
 
 ORDERS_PATH = "/wp-json/wc/v3/orders"
+# The hub's shipment note (adapters/channels/writeback.py::woo_note_text).
+_SHIPPED_NOTE = re.compile(r"^Shipped via (?P<company>.+), tracking number (?P<number>\S+)$")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -141,6 +145,10 @@ class WooStore(LoopbackServer):
         self.orders: dict[int, dict[str, Any]] = {}
         self.requests = 0
         self.throttle_next = 0  # answer this many requests 429 (Retry-After: 0)
+        # Order notes (REST v3 /orders/{id}/notes); a shipment note is also recorded as a
+        # write-back. `fail_next` and `refuse` apply to the status update that follows it.
+        self.notes: dict[int, list[dict[str, Any]]] = {}
+        self.writebacks = WritebackDesk()
         self.base_url: str | None = None
         self._ids = itertools.count(1001)
         self._runner: web.AppRunner | None = None
@@ -167,7 +175,74 @@ class WooStore(LoopbackServer):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(ORDERS_PATH, self._list_orders)
+        app.router.add_get(ORDERS_PATH + "/{order_id}/notes", self._list_notes)
+        app.router.add_post(ORDERS_PATH + "/{order_id}/notes", self._add_note)
+        app.router.add_put(ORDERS_PATH + "/{order_id}", self._update_order)
         return app
+
+    def _order_of(self, request: web.Request) -> int | None:
+        try:
+            order_id = int(request.match_info["order_id"])
+        except ValueError:
+            return None
+        return order_id if order_id in self.orders else None
+
+    async def _list_notes(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "woocommerce_rest_cannot_view", "Sorry, you cannot view this.")
+        order_id = self._order_of(request)
+        if order_id is None:
+            return _error(404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID.")
+        return web.Response(
+            body=encode(self.notes.get(order_id, [])), content_type="application/json"
+        )
+
+    async def _add_note(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "woocommerce_rest_cannot_create", "Sorry, you cannot create.")
+        order_id = self._order_of(request)
+        if order_id is None:
+            return _error(404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID.")
+        try:
+            body = orjson.loads(await request.read())
+            text = str(body["note"])
+        except (KeyError, TypeError, orjson.JSONDecodeError):
+            return _error(400, "rest_missing_callback_param", "Missing parameter(s): note")
+        notes = self.notes.setdefault(order_id, [])
+        note = {
+            "id": order_id * 1000 + len(notes) + 1,
+            "author": "ordersync",
+            "date_created_gmt": wc_time(self.clock()),
+            "note": text,
+            "customer_note": bool(body.get("customer_note", False)),
+        }
+        notes.append(note)
+        if m := _SHIPPED_NOTE.match(text):
+            self.writebacks.received.append(
+                WriteBack(str(order_id), m.group("company"), m.group("number"))
+            )
+        return web.Response(status=201, body=encode(note), content_type="application/json")
+
+    async def _update_order(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "woocommerce_rest_cannot_edit", "Sorry, you cannot edit.")
+        if self.writebacks.should_fail():
+            return web.Response(status=500, text="Internal Server Error")
+        order_id = self._order_of(request)
+        if order_id is None:
+            return _error(404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID.")
+        try:
+            changes = orjson.loads(await request.read())
+            if not isinstance(changes, dict):
+                raise TypeError("not an object")
+        except (TypeError, orjson.JSONDecodeError):
+            return _error(400, "rest_invalid_json", "The JSON body passed is not valid.")
+        if self.writebacks.refuse:
+            return _error(400, "woocommerce_rest_invalid_order_status", "Invalid order status.")
+        allowed = {k: v for k, v in changes.items() if k in ("status", "customer_note")}
+        return web.Response(
+            body=encode(self.update(order_id, **allowed)), content_type="application/json"
+        )
 
     def _authorized(self, request: web.Request) -> bool:
         auth = request.headers.get("Authorization", "")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -49,7 +49,8 @@ class CarrierAccount:
     carrier_id: str
     kind: str
     endpoint: str
-    credentials: Mapping[str, str] = field(default_factory=dict)
+    # Secrets: kept out of the repr, which ends up in log lines and tracebacks.
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def secret(self, name: str) -> str:
         try:
@@ -126,6 +127,50 @@ class BookingResult:
     carrier_ref: str = ""  # the carrier's own id of the booking
     label_url: str = ""
     pickup_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Waybill:
+    """A booked parcel, as the carrier knows it: for cancelling and polling."""
+
+    order_id: str
+    tracking_number: str
+    carrier_code: str
+    carrier_ref: str = ""  # the carrier's own id of the booking (BookingResult.carrier_ref)
+
+
+@runtime_checkable
+class CancellingConnector(Protocol):
+    """A connector that can cancel a booked waybill with the carrier (optional)."""
+
+    def build_cancel_request(self, account: CarrierAccount, waybill: Waybill) -> CarrierRequest: ...
+
+    def parse_cancel_response(self, waybill: Waybill, response: CarrierResponse) -> None:
+        """Raise `CarrierError` unless the carrier cancelled (or had already cancelled) it."""
+        ...
+
+
+@runtime_checkable
+class PollingConnector(Protocol):
+    """A connector that can query tracking on demand (optional): polling for carriers
+    without push. `poll_batch` parcels fit in one query."""
+
+    @property
+    def poll_batch(self) -> int: ...
+
+    def build_poll_request(
+        self, account: CarrierAccount, waybills: Sequence[Waybill]
+    ) -> CarrierRequest: ...
+
+    def parse_poll_response(
+        self,
+        account: CarrierAccount,
+        waybills: Sequence[Waybill],
+        response: CarrierResponse,
+        mapping: MappingTable | None = None,
+    ) -> list[TrackingUpdate]:
+        """The parcels the carrier answered for; raise `CarrierError` for a refusal."""
+        ...
 
 
 @runtime_checkable

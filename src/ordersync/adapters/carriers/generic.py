@@ -10,6 +10,10 @@
   of the exact body with the webhook secret (NFKD-normalised). A Tracker has
   `tracking_code`, `carrier`, `status` and `tracking_details[]` (`message`, `status`,
   `status_detail`, `datetime`, `tracking_location`): the whole history, a full snapshot.
+- Cancellation: `DELETE {endpoint}/v2/shipments/{id}` (the booking's `id`; 2xx, or 404
+  for one already gone, is done).
+- Query, for polling: `GET {endpoint}/v2/trackers?tracking_codes=A,B,...` answers
+  `{"trackers": [<Tracker>...]}`: many parcels per query.
 - The webhook is acknowledged with any 2xx; we answer `{"received": true}`.
 """
 
@@ -20,9 +24,10 @@ import hashlib
 import hmac
 import json
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from ordersync.adapters.carriers.base import (
     Ack,
@@ -34,6 +39,7 @@ from ordersync.adapters.carriers.base import (
     CarrierRequest,
     CarrierResponse,
     Party,
+    Waybill,
     callback_id,
 )
 from ordersync.domain.shipments import (
@@ -114,9 +120,44 @@ def _address(p: Party) -> dict[str, str]:
     }
 
 
+def _tracker_update(
+    tracker: Mapping[str, Any], number: str, table: MappingTable, source: str
+) -> TrackingUpdate:
+    """A Tracker (a webhook's `result`, or one listed by a query) as a full snapshot."""
+    details = tracker.get("tracking_details") or []
+    if not isinstance(details, list):
+        raise CallbackRejected(400, "malformed", "tracking_details is not a list")
+    events = []
+    for d in details:
+        if not isinstance(d, dict) or not d.get("datetime"):
+            raise CallbackRejected(400, "malformed", "a tracking detail has no datetime")
+        code = str(d.get("status") or "")
+        events.append(
+            TrackingEvent(
+                parse_time(str(d["datetime"])),
+                code,
+                str(d.get("message") or d.get("description") or ""),
+                table.lookup(code) if code else None,
+                _location(d.get("tracking_location")),
+            )
+        )
+    state = str(tracker.get("status") or "")
+    return TrackingUpdate(
+        carrier_kind=KIND,
+        tracking_number=number,
+        carrier_code=str(tracker.get("carrier") or ""),
+        events=tuple(events),
+        snapshot=True,
+        raw_state=state,
+        state=table.lookup(state) if state else None,
+        source_id=source,
+    )
+
+
 class GenericConnector:
     kind = KIND
     mapping = MAPPING
+    poll_batch = 50
 
     def verify_callback(
         self, account: CarrierAccount, body: bytes, headers: Mapping[str, str]
@@ -139,37 +180,8 @@ class GenericConnector:
             raise CallbackRejected(400, "malformed", f"not a tracker event: {e}") from e
         if tracker.get("object", "Tracker") != "Tracker":
             return []  # another event type: acknowledged, nothing to track
-        table = mapping or self.mapping
-        details = tracker.get("tracking_details") or []
-        if not isinstance(details, list):
-            raise CallbackRejected(400, "malformed", "tracking_details is not a list")
-        events = []
-        for d in details:
-            if not isinstance(d, dict) or not d.get("datetime"):
-                raise CallbackRejected(400, "malformed", "a tracking detail has no datetime")
-            code = str(d.get("status") or "")
-            events.append(
-                TrackingEvent(
-                    parse_time(str(d["datetime"])),
-                    code,
-                    str(d.get("message") or d.get("description") or ""),
-                    table.lookup(code) if code else None,
-                    _location(d.get("tracking_location")),
-                )
-            )
-        state = str(tracker.get("status") or "")
-        return [
-            TrackingUpdate(
-                carrier_kind=KIND,
-                tracking_number=number,
-                carrier_code=str(tracker.get("carrier") or ""),
-                events=tuple(events),
-                snapshot=True,
-                raw_state=state,
-                state=table.lookup(state) if state else None,
-                source_id=str(event.get("id") or callback_id(KIND, body)),
-            )
-        ]
+        source = str(event.get("id") or callback_id(KIND, body))
+        return [_tracker_update(tracker, number, mapping or self.mapping, source)]
 
     def ack(
         self,
@@ -183,14 +195,16 @@ class GenericConnector:
             return Ack(200, "application/json", b'{"received":true}')
         return Ack(500, "application/json", json.dumps({"error": reason}).encode())
 
-    def _request(self, account: CarrierAccount, path: str, payload: Any) -> CarrierRequest:
+    def _request(
+        self, account: CarrierAccount, path: str, payload: Any, method: str = "POST"
+    ) -> CarrierRequest:
         token = base64.b64encode(f"{account.secret('api_key')}:".encode()).decode()
-        return CarrierRequest(
-            "POST",
-            account.endpoint.rstrip("/") + path,
-            {"Content-Type": "application/json", "Authorization": f"Basic {token}"},
-            json.dumps(payload, ensure_ascii=False).encode(),
-        )
+        headers = {"Authorization": f"Basic {token}"}
+        body = b""
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(payload, ensure_ascii=False).encode()
+        return CarrierRequest(method, account.endpoint.rstrip("/") + path, headers, body)
 
     def build_booking_request(self, account: CarrierAccount, booking: Booking) -> CarrierRequest:
         grams = booking.weight_kg * 1000
@@ -243,3 +257,50 @@ class GenericConnector:
     def parse_subscription_response(self, response: CarrierResponse) -> None:
         if not 200 <= response.status < 300:
             raise CarrierError(f"generic carrier refused the tracker: {response.status}")
+
+    # ---- cancellation and polling -------------------------------------------------------
+
+    def build_cancel_request(self, account: CarrierAccount, waybill: Waybill) -> CarrierRequest:
+        ref = quote(waybill.carrier_ref or waybill.tracking_number, safe="")
+        return self._request(account, f"/v2/shipments/{ref}", None, "DELETE")
+
+    def parse_cancel_response(self, waybill: Waybill, response: CarrierResponse) -> None:
+        if not (200 <= response.status < 300 or response.status == 404):
+            raise CarrierError(f"generic carrier refused the cancellation: {response.status}")
+
+    def build_poll_request(
+        self, account: CarrierAccount, waybills: Sequence[Waybill]
+    ) -> CarrierRequest:
+        codes = ",".join(w.tracking_number for w in waybills)
+        return self._request(
+            account, "/v2/trackers?" + urlencode({"tracking_codes": codes}), None, "GET"
+        )
+
+    def parse_poll_response(
+        self,
+        account: CarrierAccount,
+        waybills: Sequence[Waybill],
+        response: CarrierResponse,
+        mapping: MappingTable | None = None,
+    ) -> list[TrackingUpdate]:
+        if not 200 <= response.status < 300:
+            raise CarrierError(f"generic carrier refused the tracker query: {response.status}")
+        try:
+            payload = json.loads(response.body)
+            trackers = payload["trackers"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CarrierError(f"generic carrier tracker query answer: {e}") from e
+        if not isinstance(trackers, list):
+            raise CarrierError("generic carrier tracker query: trackers is not a list")
+        table = mapping or self.mapping
+        asked = {w.tracking_number for w in waybills}
+        out: list[TrackingUpdate] = []
+        for tracker in trackers:
+            if not isinstance(tracker, dict) or str(tracker.get("tracking_code")) not in asked:
+                continue  # not one we asked for
+            number = str(tracker["tracking_code"])
+            try:
+                out.append(_tracker_update(tracker, number, table, f"{KIND}:query:{number}"))
+            except CallbackRejected as e:
+                raise CarrierError(f"generic carrier tracker query answer: {e.detail}") from e
+        return out

@@ -3,7 +3,8 @@
 Wire format (every request and push is `application/x-www-form-urlencoded`, UTF-8):
 
 - `RequestData`: the JSON payload; `EBusinessID`: the merchant id; `RequestType`: the API
-  (1007 electronic waybill, 1008 trace subscription, 101 trace push); `DataType=2` (JSON);
+  (1007 electronic waybill, 1147 its cancellation, 1008 trace subscription, 8001 instant
+  trace query, 101 trace push); `DataType=2` (JSON);
 - `DataSign` = URL-encoded base64 of the lower-case hex MD5 of `RequestData + AppKey`.
   Form encoding already URL-encodes it once; some senders encode it twice, so the
   verifier accepts the plain base64 and its URL-encoded form.
@@ -22,7 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlencode
@@ -38,6 +39,7 @@ from ordersync.adapters.carriers.base import (
     CarrierRequest,
     CarrierResponse,
     Party,
+    Waybill,
     callback_id,
     read_form,
 )
@@ -53,6 +55,8 @@ KIND = "kdniao"
 REQUEST_BOOKING = "1007"
 REQUEST_SUBSCRIBE = "1008"
 REQUEST_PUSH = "101"
+REQUEST_CANCEL = "1147"  # electronic waybill cancellation
+REQUEST_QUERY = "8001"  # instant trace query (one parcel per call)
 FORM = "application/x-www-form-urlencoded;charset=utf-8"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -178,6 +182,7 @@ def _party(p: Party) -> dict[str, str]:
 class KdniaoConnector:
     kind = KIND
     mapping = MAPPING
+    poll_batch = 1  # the instant query takes one parcel
 
     # ---- callbacks ----------------------------------------------------------------------
 
@@ -332,3 +337,55 @@ class KdniaoConnector:
             raise CarrierError(f"kdniao subscription answer is not JSON: {e}") from e
         if response.status != 200 or not payload.get("Success"):
             raise CarrierError(f"kdniao refused the subscription: {payload.get('Reason')}")
+
+    # ---- cancellation and polling -------------------------------------------------------
+
+    def build_cancel_request(self, account: CarrierAccount, waybill: Waybill) -> CarrierRequest:
+        data = {
+            "ShipperCode": waybill.carrier_code,
+            "OrderCode": waybill.order_id,
+            "ExpNo": waybill.tracking_number,
+        }
+        return self._request(account, "/api/EOrderService", REQUEST_CANCEL, data)
+
+    def parse_cancel_response(self, waybill: Waybill, response: CarrierResponse) -> None:
+        payload = _json_answer(response, "cancellation")
+        if response.status != 200 or not payload.get("Success"):
+            code = payload.get("ResultCode", response.status)
+            raise CarrierError(f"kdniao refused the cancellation ({code}): {payload.get('Reason')}")
+
+    def build_poll_request(
+        self, account: CarrierAccount, waybills: Sequence[Waybill]
+    ) -> CarrierRequest:
+        if len(waybills) != 1:
+            raise ValueError("the kdniao instant query takes exactly one parcel")
+        [w] = waybills
+        data = {"OrderCode": "", "ShipperCode": w.carrier_code, "LogisticCode": w.tracking_number}
+        return self._request(account, "/api/dist", REQUEST_QUERY, data)
+
+    def parse_poll_response(
+        self,
+        account: CarrierAccount,
+        waybills: Sequence[Waybill],
+        response: CarrierResponse,
+        mapping: MappingTable | None = None,
+    ) -> list[TrackingUpdate]:
+        payload = _json_answer(response, "trace query")
+        if response.status != 200 or not payload.get("Success"):
+            raise CarrierError(f"kdniao refused the trace query: {payload.get('Reason')}")
+        try:
+            source = callback_id(KIND, response.body)
+            update = self._update(payload, mapping or self.mapping, source)
+        except CallbackRejected as e:
+            raise CarrierError(f"kdniao trace query answer: {e.detail}") from e
+        return [update]
+
+
+def _json_answer(response: CarrierResponse, what: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(response.body)
+    except ValueError as e:
+        raise CarrierError(f"kdniao {what} answer is not JSON ({response.status}): {e}") from e
+    if not isinstance(payload, dict):
+        raise CarrierError(f"kdniao {what} answer is not an object")
+    return payload

@@ -11,6 +11,11 @@
   corrected the carrier code), and `lastResult` {`state`, `ischeck`, `com`, `nu`,
   `data[]` newest first with `time`, `ftime`, `context`, `status`, `statusCode`}: the
   whole history, so every push is a full snapshot. Times are Beijing time.
+- Cancel a waybill (`POST {endpoint}/label/order`, form `method=cancel`, signed like a
+  booking; `param` holds `kuaidicom`, `kuaidinum`, `partnerId`, `reason`).
+- Instant query, for polling (`POST {endpoint}/poll/query.do`, form `customer`, `param`
+  {`com`, `num`, `resultv2`}, `sign` = upper-case MD5 of `param + key + customer`): the
+  answer is shaped like a push's `lastResult`, one parcel per query.
 - The push is answered with `{"result": true, "returnCode": "200", "message": "成功"}`;
   a refusal with `result` false and `returnCode` "500" makes Kuaidi100 push again later.
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -39,6 +44,7 @@ from ordersync.adapters.carriers.base import (
     CarrierRequest,
     CarrierResponse,
     Party,
+    Waybill,
     callback_id,
     read_form,
 )
@@ -145,9 +151,59 @@ def _party(p: Party) -> dict[str, str]:
     }
 
 
+def _update(
+    payload: Mapping[str, Any],
+    last: Mapping[str, Any],
+    number: str,
+    table: MappingTable,
+    source: str,
+) -> TrackingUpdate:
+    """A `lastResult` (a push's, or a query's answer itself) as a full-snapshot update."""
+    state = str(last.get("state") or "")
+    data = last.get("data") or []
+    if not isinstance(data, list):
+        raise CallbackRejected(400, "malformed", "lastResult.data is not a list")
+    parsed: list[tuple[datetime, str, str, str]] = []
+    for row in data:
+        if not isinstance(row, dict):
+            raise CallbackRejected(400, "malformed", "a data[] row is not an object")
+        when = row.get("ftime") or row.get("time")
+        if not when:
+            raise CallbackRejected(400, "malformed", "a data[] row has no time")
+        parsed.append(
+            (
+                parse_time(str(when)),
+                str(row.get("statusCode") or ""),
+                str(row.get("context") or ""),
+                str(row.get("areaName") or row.get("location") or ""),
+            )
+        )
+    latest = max(range(len(parsed)), key=lambda i: parsed[i][0], default=None)
+    events = []
+    for i, (at, code, text, location) in enumerate(parsed):
+        code = code or (state if i == latest else "")
+        events.append(TrackingEvent(at, code, text, table.lookup(code) if code else None, location))
+    corrections: tuple[Correction, ...] = ()
+    com_old, com_new = str(payload.get("comOld") or ""), str(payload.get("comNew") or "")
+    if str(payload.get("autoCheck") or "0") == "1" and com_new and com_new != com_old:
+        corrections = (Correction("carrier_code", com_old, com_new),)
+    return TrackingUpdate(
+        carrier_kind=KIND,
+        tracking_number=number,
+        carrier_code=str(last.get("com") or com_new or ""),
+        events=tuple(events),
+        snapshot=True,
+        raw_state=state,
+        state=table.lookup(state) if state else None,
+        corrections=corrections,
+        source_id=source,
+    )
+
+
 class Kuaidi100Connector:
     kind = KIND
     mapping = MAPPING
+    poll_batch = 1  # the instant query takes one parcel
 
     def verify_callback(
         self, account: CarrierAccount, body: bytes, headers: Mapping[str, str]
@@ -168,50 +224,7 @@ class Kuaidi100Connector:
             number = str(last["nu"])
         except (ValueError, KeyError, TypeError) as e:
             raise CallbackRejected(400, "malformed", f"param has no lastResult.nu: {e}") from e
-        table = mapping or self.mapping
-        state = str(last.get("state") or "")
-        data = last.get("data") or []
-        if not isinstance(data, list):
-            raise CallbackRejected(400, "malformed", "lastResult.data is not a list")
-        parsed: list[tuple[datetime, str, str, str]] = []
-        for row in data:
-            if not isinstance(row, dict):
-                raise CallbackRejected(400, "malformed", "a data[] row is not an object")
-            when = row.get("ftime") or row.get("time")
-            if not when:
-                raise CallbackRejected(400, "malformed", "a data[] row has no time")
-            parsed.append(
-                (
-                    parse_time(str(when)),
-                    str(row.get("statusCode") or ""),
-                    str(row.get("context") or ""),
-                    str(row.get("areaName") or row.get("location") or ""),
-                )
-            )
-        latest = max(range(len(parsed)), key=lambda i: parsed[i][0], default=None)
-        events = []
-        for i, (at, code, text, location) in enumerate(parsed):
-            code = code or (state if i == latest else "")
-            events.append(
-                TrackingEvent(at, code, text, table.lookup(code) if code else None, location)
-            )
-        corrections: tuple[Correction, ...] = ()
-        com_old, com_new = str(payload.get("comOld") or ""), str(payload.get("comNew") or "")
-        if str(payload.get("autoCheck") or "0") == "1" and com_new and com_new != com_old:
-            corrections = (Correction("carrier_code", com_old, com_new),)
-        return [
-            TrackingUpdate(
-                carrier_kind=KIND,
-                tracking_number=number,
-                carrier_code=str(last.get("com") or com_new or ""),
-                events=tuple(events),
-                snapshot=True,
-                raw_state=state,
-                state=table.lookup(state) if state else None,
-                corrections=corrections,
-                source_id=callback_id(KIND, body),
-            )
-        ]
+        return [_update(payload, last, number, mapping or self.mapping, callback_id(KIND, body))]
 
     def ack(
         self,
@@ -314,3 +327,89 @@ class Kuaidi100Connector:
                 f"kuaidi100 refused the subscription ({payload.get('returnCode')}): "
                 f"{payload.get('message')}"
             )
+
+    # ---- cancellation and polling -------------------------------------------------------
+
+    def build_cancel_request(self, account: CarrierAccount, waybill: Waybill) -> CarrierRequest:
+        param = dumps(
+            {
+                "partnerId": account.credentials.get("partner_id", ""),
+                "kuaidicom": waybill.carrier_code,
+                "kuaidinum": waybill.tracking_number,
+                "reason": "re-booked with another carrier",
+            }
+        )
+        key, secret = account.secret("key"), account.secret("secret")
+        t = account.credentials.get("fixed_t") or str(int(datetime.now().timestamp() * 1000))
+        form = {"method": "cancel", "key": key, "t": t, "param": param}
+        form["sign"] = api_sign(param, t, key, secret)
+        return CarrierRequest(
+            "POST",
+            account.endpoint.rstrip("/") + "/label/order",
+            {"Content-Type": FORM},
+            urlencode(form).encode(),
+        )
+
+    def parse_cancel_response(self, waybill: Waybill, response: CarrierResponse) -> None:
+        payload = _answer(response, "cancellation")
+        if response.status != 200 or not payload.get("success"):
+            raise CarrierError(
+                f"kuaidi100 refused the cancellation ({payload.get('code')}):"
+                f" {payload.get('message')}"
+            )
+
+    def build_poll_request(
+        self, account: CarrierAccount, waybills: Sequence[Waybill]
+    ) -> CarrierRequest:
+        if len(waybills) != 1:
+            raise ValueError("the kuaidi100 instant query takes exactly one parcel")
+        [w] = waybills
+        param = dumps({"com": w.carrier_code, "num": w.tracking_number, "resultv2": "4"})
+        customer = account.secret("customer")
+        form = {
+            "customer": customer,
+            "param": param,
+            "sign": md5_upper(param + account.secret("key") + customer),
+        }
+        return CarrierRequest(
+            "POST",
+            account.endpoint.rstrip("/") + "/poll/query.do",
+            {"Content-Type": FORM},
+            urlencode(form).encode(),
+        )
+
+    def parse_poll_response(
+        self,
+        account: CarrierAccount,
+        waybills: Sequence[Waybill],
+        response: CarrierResponse,
+        mapping: MappingTable | None = None,
+    ) -> list[TrackingUpdate]:
+        payload = _answer(response, "query")
+        if response.status != 200 or str(payload.get("status")) != "200" or not payload.get("nu"):
+            raise CarrierError(
+                f"kuaidi100 refused the query ({payload.get('returnCode')}):"
+                f" {payload.get('message')}"
+            )
+        try:
+            return [
+                _update(
+                    {},
+                    payload,
+                    str(payload["nu"]),
+                    mapping or self.mapping,
+                    callback_id(KIND, response.body),
+                )
+            ]
+        except CallbackRejected as e:
+            raise CarrierError(f"kuaidi100 query answer: {e.detail}") from e
+
+
+def _answer(response: CarrierResponse, what: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(response.body)
+    except ValueError as e:
+        raise CarrierError(f"kuaidi100 {what} answer is not JSON ({response.status}): {e}") from e
+    if not isinstance(payload, dict):
+        raise CarrierError(f"kuaidi100 {what} answer is not an object")
+    return payload

@@ -12,10 +12,15 @@ Facts of the wire format this relies on:
   total, page, size}}; any other code is an error with `msg`, `sub_code`, `sub_msg`;
 - amounts are integers in fen (1/100 yuan); times are Unix seconds; `order_id` is a numeric
   string too long for a float;
+- `order.orderDetail` takes `shop_order_id` and answers {code: 10000, data:
+  {shop_order_detail}}, the order in the same shape as a search result;
 - a message push is a JSON array of {tag, msg_id, data (a JSON string)} with an `event-sign`
   header: MD5 (or, with `sign-method: hmac-sha256`, HMAC-SHA256 keyed with the secret) of
-  app_key + body + secret. Messages carry ids and the new status, not the whole order, so a
-  push is recorded (inbox: dedupe, audit) and the order itself comes with the next pull.
+  app_key + body + secret. Trade and refund messages (tags 100-299: created, paid, shipped,
+  finished, cancelled, address changed, refund steps...) name the order (`p_id`, `s_ids`)
+  and its new status, not the whole order; as the platform's own integrations do, the hub
+  fetches that order's detail and ingests it (`adapters/channels/push_fetch.py`). Other
+  messages (and every message of a channel without an access token) are only recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import hmac
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -50,12 +56,14 @@ from ordersync.adapters.channels.base import (
     pulled_order,
     statuses_for,
 )
+from ordersync.adapters.channels.push_fetch import PushedOrder
 from ordersync.config import ChannelConfig, DouyinChannel
 from ordersync.domain.order_status import OrderStatus, PaymentStatus
 from ordersync.domain.orders import Address, Customer, OrderLine, OrderSnapshot, Totals
 
 CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")
 SEARCH_METHOD = "order.searchList"
+DETAIL_METHOD = "order.orderDetail"
 OK = 10000
 MAX_PAGE_SIZE = 100
 
@@ -68,9 +76,10 @@ DEFAULT_STATUSES = StatusTable(
         "2": StatusRule(S.PAID, P.PAID),  # 备货中
         "101": StatusRule(S.PAID, P.PAID),  # 部分发货
         "3": StatusRule(S.SHIPPED, P.PAID),  # 已发货
-        # 已完成: the hub may not create an order as completed; lands as shipped (see ADR 5).
-        "5": StatusRule(S.SHIPPED, P.PAID),
-        "4": StatusRule(S.CANCELLED),  # 已取消: refunded when it was paid, else voided
+        "5": StatusRule(S.COMPLETED, P.PAID),  # 已完成
+        # 已取消: refunded when it was paid, else voided; closed after shipping (a return
+        # and refund) is a refund, not a cancellation: see map_order.
+        "4": StatusRule(S.CANCELLED),
     }
 )
 
@@ -175,7 +184,12 @@ def map_order(
     subs = r.items(order.get("sku_order_list"), r.at(path, "sku_order_list"))
     lines = [_line(o, r.at(path, f"sku_order_list[{i}]")) for i, o in enumerate(subs)]
     paid = unix_time(order.get("pay_time"), r.at(path, "pay_time")) is not None
-    if rule.payment is not None:
+    shipped = unix_time(order.get("ship_time"), r.at(path, "ship_time")) is not None
+    status = rule.status
+    if status is S.CANCELLED and paid and shipped:
+        # Goods that left cannot be un-shipped: closing the order refunded it.
+        status, payment = S.SHIPPED, rule.payment or P.REFUNDED
+    elif rule.payment is not None:
         payment = rule.payment
     elif rule.status is S.CANCELLED:
         payment = P.REFUNDED if paid else P.VOIDED
@@ -194,7 +208,7 @@ def map_order(
             total=fen(r.required(order, "pay_amount", path), r.at(path, "pay_amount")),
         ),
         lines=tuple(lines),
-        status=rule.status,
+        status=status,
         payment_status=payment,
         customer=_customer(order, path),
         shipping_address=_address(order, path),
@@ -277,26 +291,49 @@ class DouyinConnector:
     def parse(
         self, channel: ChannelConfig, headers: Mapping[str, str], body: bytes
     ) -> InboundMessage:
-        assert isinstance(channel, DouyinChannel)
-        if headers.get("app-id") not in (None, channel.app_key):
-            raise InboundError(401, "unknown_app", "app-id does not match this channel")
-        try:
-            messages = json.loads(body.decode("utf-8"), parse_float=Decimal)
-        except (ValueError, RecursionError):
-            raise InboundError(422, "invalid_payload", "the body is not JSON") from None
-        if not isinstance(messages, list) or not messages:
-            raise InboundError(422, "invalid_payload", "expected a non-empty array of messages")
-        ids, tags = [], []
-        for i, m in enumerate(messages):
-            if not isinstance(m, Mapping) or not m.get("msg_id") or m.get("tag") in (None, ""):
-                raise InboundError(
-                    422, "invalid_payload", "each message needs tag and msg_id", path=f"[{i}]"
-                )
-            ids.append(str(m["msg_id"]))
-            tags.append(str(m["tag"]))
+        """The push as one record (its msg_ids joined); the orders it names are fetched and
+        ingested separately, see `pushed_orders`."""
+        messages = _messages(channel, headers, body)
+        ids = [m.msg_id for m in messages]
+        tags = [m.tag for m in messages]
         kept = {"app-id": headers.get("app-id"), "tags": tags}
-        topic = f"douyin:{tags[0]}" if len(set(tags)) == 1 else "douyin:batch"
-        return InboundMessage("+".join(ids), topic, None, orjson.dumps(kept).decode())
+        return InboundMessage("+".join(ids), _topic(tags), None, orjson.dumps(kept).decode())
+
+    def pushed_orders(
+        self, channel: ChannelConfig, headers: Mapping[str, str], body: bytes
+    ) -> tuple[PushedOrder, ...]:
+        """The orders named by the push's trade and refund messages, one entry per order
+        with all of its messages' ids; () without an access token (nothing to fetch with)."""
+        assert isinstance(channel, DouyinChannel)
+        if channel.access_token is None:
+            return ()
+        grouped: dict[str, list[_Message]] = {}
+        for m in _messages(channel, headers, body):
+            if m.order_id is not None:
+                grouped.setdefault(m.order_id, []).append(m)
+        return tuple(
+            PushedOrder(
+                order_id,
+                "+".join(m.msg_id for m in found),
+                _topic([m.tag for m in found]),
+            )
+            for order_id, found in grouped.items()
+        )
+
+    def detail_request(
+        self, channel: ChannelConfig, external_id: str, *, now: datetime | None = None
+    ) -> HttpRequest:
+        assert isinstance(channel, DouyinChannel)
+        return _call(channel, DETAIL_METHOD, {"shop_order_id": external_id}, now)
+
+    def detail_response(self, channel: ChannelConfig, response: HttpResponse) -> PulledOrder:
+        assert isinstance(channel, DouyinChannel)
+        body = _answer(response)
+        order = body.get("shop_order_detail")
+        if not isinstance(order, Mapping):
+            raise PullError("Douyin answered an order detail without shop_order_detail")
+        table = statuses_for(DEFAULT_STATUSES, channel)
+        return _pulled(channel.id, order, table, "data.shop_order_detail")
 
     def pull_request(
         self,
@@ -316,51 +353,13 @@ class DouyinConnector:
             "order_by": "update_time",
             "order_asc": True,
         }
-        body = param_json(business)
-        stamp = open_time(now or datetime.now(CHINA))
-        secret = channel.app_secret.get_secret_value()
-        params = {
-            "app_key": channel.app_key,
-            "method": SEARCH_METHOD,
-            "access_token": (
-                channel.access_token.get_secret_value() if channel.access_token else ""
-            ),
-            "param_json": body,
-            "timestamp": stamp,
-            "v": "2",
-            "sign_method": channel.sign_method,
-            "sign": sign(
-                channel.app_key, secret, SEARCH_METHOD, body, stamp, "2", channel.sign_method
-            ),
-        }
-        url = channel.gateway.rstrip("/") + "/" + SEARCH_METHOD.replace(".", "/")
-        return HttpRequest("GET", url, params=tuple((k, v) for k, v in params.items() if v))
+        return _call(channel, SEARCH_METHOD, business, now)
 
     def pull_response(
         self, channel: ChannelConfig, response: HttpResponse, page_size: int
     ) -> PullPage:
         assert isinstance(channel, DouyinChannel)
-        if response.status in (429, 502, 503, 504):
-            raise Throttled(f"Douyin gateway answered {response.status}")
-        if response.status != 200:
-            raise PullError(f"Douyin gateway answered {response.status}")
-        try:
-            data = json.loads(response.body.decode("utf-8"), parse_float=Decimal)
-        except (ValueError, RecursionError) as e:
-            raise PullError(f"Douyin answered malformed JSON: {e}") from None
-        if not isinstance(data, Mapping):
-            raise PullError("Douyin answered JSON that is not an object")
-        code = data.get("code")
-        if code != OK:
-            detail = (
-                f"Douyin error {code} {data.get('msg', '')}"
-                f" ({data.get('sub_code', '')}: {data.get('sub_msg', '')})"
-            )
-            words = f"{data.get('msg', '')} {data.get('sub_msg', '')}"
-            if "限流" in words or "频" in words or "limit" in words.lower():
-                raise Throttled(detail)
-            raise PullError(detail)
-        body = r.obj(data.get("data"), "data") or {}
+        body = _answer(response)
         table = statuses_for(DEFAULT_STATUSES, channel)
         orders = r.items(body.get("shop_order_list"), "data.shop_order_list")
         pulled = tuple(
@@ -379,3 +378,110 @@ def _pulled(channel_id: str, order: Any, table: StatusTable, path: str) -> Pulle
         modified=lambda o, at: unix_time(r.required(o, "update_time", at), r.at(at, "update_time")),
         snapshot=lambda o, at: map_order(channel_id, o, table, at),
     )
+
+
+# ---- calls and answers ------------------------------------------------------------------
+
+
+def _call(
+    channel: DouyinChannel, method: str, business: Mapping[str, Any], now: datetime | None
+) -> HttpRequest:
+    """A signed GET of `method` with its business parameters."""
+    body = param_json(business)
+    stamp = open_time(now or datetime.now(CHINA))
+    secret = channel.app_secret.get_secret_value()
+    params = {
+        "app_key": channel.app_key,
+        "method": method,
+        "access_token": channel.access_token.get_secret_value() if channel.access_token else "",
+        "param_json": body,
+        "timestamp": stamp,
+        "v": "2",
+        "sign_method": channel.sign_method,
+        "sign": sign(channel.app_key, secret, method, body, stamp, "2", channel.sign_method),
+    }
+    url = channel.gateway.rstrip("/") + "/" + method.replace(".", "/")
+    return HttpRequest("GET", url, params=tuple((k, v) for k, v in params.items() if v))
+
+
+def _answer(response: HttpResponse) -> Mapping[str, Any]:
+    """The `data` of a successful answer; Throttled or PullError otherwise."""
+    if response.status in (429, 502, 503, 504):
+        raise Throttled(f"Douyin gateway answered {response.status}")
+    if response.status != 200:
+        raise PullError(f"Douyin gateway answered {response.status}")
+    try:
+        data = json.loads(response.body.decode("utf-8"), parse_float=Decimal)
+    except (ValueError, RecursionError) as e:
+        raise PullError(f"Douyin answered malformed JSON: {e}") from None
+    if not isinstance(data, Mapping):
+        raise PullError("Douyin answered JSON that is not an object")
+    code = data.get("code")
+    if code != OK:
+        detail = (
+            f"Douyin error {code} {data.get('msg', '')}"
+            f" ({data.get('sub_code', '')}: {data.get('sub_msg', '')})"
+        )
+        words = f"{data.get('msg', '')} {data.get('sub_msg', '')}"
+        if "限流" in words or "频" in words or "limit" in words.lower():
+            raise Throttled(detail)
+        raise PullError(detail)
+    return r.obj(data.get("data"), "data") or {}
+
+
+# ---- message push -----------------------------------------------------------------------
+
+# Trade (1xx) and after-sale (2xx) messages name a shop order in `p_id`.
+_ORDER_TAGS = range(100, 300)
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    tag: str
+    msg_id: str
+    order_id: str | None  # the shop order a trade or refund message is about
+
+
+def _messages(channel: ChannelConfig, headers: Mapping[str, str], body: bytes) -> list[_Message]:
+    assert isinstance(channel, DouyinChannel)
+    if headers.get("app-id") not in (None, channel.app_key):
+        raise InboundError(401, "unknown_app", "app-id does not match this channel")
+    try:
+        messages = json.loads(body.decode("utf-8"), parse_float=Decimal)
+    except (ValueError, RecursionError):
+        raise InboundError(422, "invalid_payload", "the body is not JSON") from None
+    if not isinstance(messages, list) or not messages:
+        raise InboundError(422, "invalid_payload", "expected a non-empty array of messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not m.get("msg_id") or m.get("tag") in (None, ""):
+            raise InboundError(
+                422, "invalid_payload", "each message needs tag and msg_id", path=f"[{i}]"
+            )
+        tag = str(m["tag"])
+        order_id = _order_of(m.get("data"), f"[{i}].data") if _is_order_tag(tag) else None
+        out.append(_Message(tag, str(m["msg_id"]), order_id))
+    return out
+
+
+def _is_order_tag(tag: str) -> bool:
+    return tag.isdigit() and int(tag) in _ORDER_TAGS
+
+
+def _order_of(data: Any, path: str) -> str | None:
+    """The `p_id` of a message's data (a JSON string, or already an object)."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data, parse_float=Decimal)  # ints stay exact: 19-digit ids
+        except (ValueError, RecursionError):
+            raise InboundError(422, "invalid_payload", "data is not JSON", path=path) from None
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        return r.ident(data.get("p_id"), f"{path}.p_id")
+    except MappingError as e:
+        raise InboundError(422, "invalid_payload", e.problem, path=e.path) from None
+
+
+def _topic(tags: list[str]) -> str:
+    return f"douyin:{tags[0]}" if len(set(tags)) == 1 else "douyin:batch"

@@ -2,7 +2,7 @@
 system without code. The mapping (YAML or JSON, path given in the channel config) says:
 
 ```yaml
-format: json            # json | xml | csv
+format: json            # json | xml | csv | xlsx (rows, as csv; `ordersync import` only)
 orders: orders          # where the list of orders is (json/xml); absent: the body is one order
 group_by: order_no      # csv: rows with the same value form one order (absent: a row each)
 fields:                 # canonical field -> a path, or {path, default, transform, map, ...}
@@ -35,11 +35,12 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -68,7 +69,8 @@ from ordersync.domain.order_status import OrderStatus, PaymentStatus
 from ordersync.domain.orders import Address, Customer, OrderLine, OrderSnapshot, Totals
 from ordersync.service.pull import state_message_id
 
-FORMATS = ("json", "xml", "csv")
+FORMATS = ("json", "xml", "csv", "xlsx")
+ROW_FORMATS = ("csv", "xlsx")  # a row per line, grouped into orders by `group_by`
 TRANSFORMS = ("strip", "upper", "lower", "int", "decimal", "cents_to_decimal", "datetime")
 ORDER_FIELDS = frozenset(
     {
@@ -250,9 +252,11 @@ def _xml_value(element: ET.Element) -> Any:
     return out
 
 
-def decode_document(body: bytes, fmt: str) -> Any:
+def decode_document(body: bytes, fmt: str, sheet: str | None = None) -> Any:
     """The body as nested dicts/lists (XML: repeated tags become lists, "@attr" attributes);
-    CSV: a list of {column: text} rows."""
+    CSV: a list of {column: text} rows; XLSX: (sheet row number, row) pairs of a sheet."""
+    if fmt == "xlsx":
+        return spreadsheet_rows(body, sheet)
     try:
         if fmt == "xml":
             # Merchant systems' bodies, verified by HMAC first; expat refuses external
@@ -265,6 +269,83 @@ def decode_document(body: bytes, fmt: str) -> Any:
         return json.loads(text, parse_float=Decimal)
     except (ET.ParseError, UnicodeDecodeError, ValueError, csv.Error) as e:
         raise MappingError("", f"not valid {fmt}: {e}") from None
+
+
+# ---- spreadsheets -----------------------------------------------------------------------
+
+# Excel keeps 15 significant digits; a number read back as a float carries binary noise
+# beyond them (19.9 stored as 19.899999999999999, a formula's 0.1+0.2 as
+# 0.30000000000000004), so numbers are written out to 15 digits, never via float maths.
+_EXCEL_DIGITS = 15
+
+
+class SheetNotFound(ValueError):
+    """`--sheet` names no sheet of the workbook."""
+
+
+def excel_number(value: float) -> str:
+    """A number cell as the text Excel shows (up to 15 significant digits, no exponent)."""
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    return format(Decimal(format(value, f".{_EXCEL_DIGITS}g")), "f")
+
+
+def _cell_value(value: Any) -> Any:
+    """A cell as a CSV reader would give it: text, except that times stay datetimes (the
+    mapping's timezone, or its `datetime` transform, says which zone a naive one is in)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):  # before int: bool is an int
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return excel_number(value)
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return str(value)
+    return str(value)
+
+
+def spreadsheet_rows(body: bytes, sheet: str | None = None) -> list[tuple[int, dict[Any, Any]]]:
+    """The rows of an .xlsx sheet (the first, or `sheet`) as (number, {header: value}): the
+    first row is the header (number 0), data rows count from 1 as in CSV; blank rows are
+    left out, keeping their numbers, so an error names the row the merchant sees. Cells
+    beyond the header's columns go under the key None, as csv.DictReader puts them."""
+    from openpyxl import load_workbook  # imported here: only `import FILE.xlsx` needs it
+
+    try:
+        # read_only streams the sheet; data_only gives formulas' cached values.
+        book = load_workbook(io.BytesIO(body), read_only=True, data_only=True)
+    except Exception as e:  # zipfile, XML and openpyxl's own errors: not a workbook
+        raise MappingError("", f"not a readable .xlsx workbook: {type(e).__name__}: {e}") from None
+    try:
+        names = list(book.sheetnames)
+        if sheet is not None and sheet not in names:
+            raise SheetNotFound(f"no sheet {sheet!r} in the workbook (sheets: {', '.join(names)})")
+        ws = book[sheet] if sheet is not None else book.worksheets[0]
+        rows = ws.iter_rows(values_only=True)
+        header_cells = next(rows, None)
+        if header_cells is None:
+            return []
+        header = ["" if c is None else str(c).strip() for c in header_cells]
+        out: list[tuple[int, dict[Any, Any]]] = []
+        for n, cells in enumerate(rows, start=1):
+            if all(c is None or (isinstance(c, str) and not c.strip()) for c in cells):
+                continue
+            row: dict[Any, Any] = {h: "" for h in header if h}
+            for i, c in enumerate(cells):
+                if i < len(header) and header[i]:
+                    row[header[i]] = _cell_value(c)
+                elif c is not None and c != "":
+                    row.setdefault(None, []).append(_cell_value(c))
+            out.append((n, row))
+        return out
+    finally:
+        book.close()
 
 
 def _split(path: str) -> list[str]:
@@ -301,6 +382,8 @@ def _apply(spec: FieldSpec, raw: Any, where: str) -> Any:
         return None
     for t in spec.transforms:
         if t in ("strip", "upper", "lower"):
+            if isinstance(value, datetime):  # a spreadsheet's time cell: nothing to trim
+                continue
             if not isinstance(value, str):
                 raise MappingError(where, f"{t}: expected text, got {value!r}")
             value = getattr(value, t)()
@@ -320,9 +403,18 @@ def _apply(spec: FieldSpec, raw: Any, where: str) -> Any:
     return value
 
 
+def _aware(value: datetime, zone: tzinfo | None, where: str) -> datetime:
+    """A time as tz-aware UTC; a naive one (a spreadsheet cell) is in the mapping's zone."""
+    if value.utcoffset() is None:
+        if zone is None:
+            raise MappingError(where, f"time has no offset and the mapping no timezone: {value}")
+        value = value.replace(tzinfo=zone)
+    return value.astimezone(UTC)
+
+
 def _datetime(value: Any, spec: FieldSpec, where: str) -> datetime:
     if isinstance(value, datetime):
-        return value
+        return _aware(value, spec.zone, where)
     if not isinstance(value, str):
         raise MappingError(where, f"expected a time, got {value!r}")
     if spec.time_format is None:
@@ -377,8 +469,11 @@ class _Reader:
 
     def time(self, name: str) -> datetime | None:
         value = self.get(name)
-        if value is None or isinstance(value, datetime):
-            return value
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            spec = self.specs.get(name)
+            return _aware(value, spec.zone if spec else None, self.path_of(name))
         return r.timestamp(value, self.path_of(name))
 
 
@@ -512,11 +607,20 @@ class Parsed:
 
 
 def read_orders(
-    channel_id: str, mapping: Mapping_, body: bytes, statuses: StatusTable | None = None
+    channel_id: str,
+    mapping: Mapping_,
+    body: bytes,
+    statuses: StatusTable | None = None,
+    *,
+    sheet: str | None = None,
 ) -> Iterator[Parsed]:
-    """Every order in a body (the list at `orders`, the body itself, or CSV row groups)."""
-    doc = decode_document(body, mapping.format)
+    """Every order in a body (the list at `orders`, the body itself, or CSV/XLSX row
+    groups; `sheet`: which sheet of a workbook, else its first)."""
+    doc = decode_document(body, mapping.format, sheet)
     if mapping.format == "csv":
+        yield from _csv_orders(channel_id, mapping, list(enumerate(doc, start=1)), statuses)
+        return
+    if mapping.format == "xlsx":
         yield from _csv_orders(channel_id, mapping, doc, statuses)
         return
     if mapping.orders:
@@ -534,10 +638,14 @@ def read_orders(
 
 
 def _csv_orders(
-    channel_id: str, mapping: Mapping_, rows: list[dict[str, Any]], statuses: StatusTable | None
+    channel_id: str,
+    mapping: Mapping_,
+    rows: list[tuple[int, dict[Any, Any]]],
+    statuses: StatusTable | None,
 ) -> Iterator[Parsed]:
-    groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    for n, row in enumerate(rows, start=1):
+    """Numbered rows (CSV or a sheet) grouped into orders."""
+    groups: dict[str, list[tuple[int, dict[Any, Any]]]] = {}
+    for n, row in rows:
         key = str(row.get(mapping.group_by) or f"#row{n}") if mapping.group_by else f"#row{n}"
         groups.setdefault(key, []).append((n, row))
     for members in groups.values():
@@ -684,12 +792,18 @@ def row_error(parsed: Parsed, position: int) -> RowError:
 
 
 def plan_import(
-    channel_id: str, mapping: Mapping_, body: bytes, statuses: StatusTable | None = None
+    channel_id: str,
+    mapping: Mapping_,
+    body: bytes,
+    statuses: StatusTable | None = None,
+    *,
+    sheet: str | None = None,
 ) -> ImportPlan:
     """Every order of a file, split into mappable ones and refused ones with their rows.
-    A document that cannot be read at all is one error on row 0."""
+    A document that cannot be read at all is one error on row 0; an unknown `sheet` raises
+    SheetNotFound (a usage error, not a bad file)."""
     try:
-        parsed = list(read_orders(channel_id, mapping, body, statuses))
+        parsed = list(read_orders(channel_id, mapping, body, statuses, sheet=sheet))
     except MappingError as e:
         return ImportPlan((), (), (RowError(0, e.path, e.problem),))
     good = tuple(p for p in parsed if p.error is None)

@@ -54,7 +54,7 @@ MAX_PAGE_SIZE = 50
 ORDER_FIELDS = (
     "orderId,venderId,orderState,orderTotalPrice,orderSellerPrice,orderPayment,freightPrice,"
     "sellerDiscount,orderStartTime,modified,paymentConfirmTime,orderRemark,pin,"
-    "consigneeInfo,itemInfoList"
+    "consigneeInfo,itemInfoList,outBoundDate,waybill"
 )
 
 S, P = OrderStatus, PaymentStatus
@@ -63,9 +63,9 @@ DEFAULT_STATUSES = StatusTable(
         "WAIT_SELLER_STOCK_OUT": StatusRule(S.PAID),  # waiting for the seller to ship
         "WAIT_SELLER_DELIVERY": StatusRule(S.PAID),  # cross-border: waiting to ship
         "WAIT_GOODS_RECEIVE_CONFIRM": StatusRule(S.SHIPPED),
-        # Finished: the hub may not create an order as completed, and a backfill meets
-        # finished orders first, so it lands as shipped by default (as Taobao's).
-        "FINISHED_L": StatusRule(S.SHIPPED),
+        "FINISHED_L": StatusRule(S.COMPLETED),
+        # Cancelled after the goods left the warehouse (intercepted, returned and refunded)
+        # is a refund, not a cancellation: see map_order.
         "TRADE_CANCELED": StatusRule(S.CANCELLED),
         "LOCKED": StatusRule(S.ON_HOLD),  # locked by JD (e.g. a cancel request pending)
         "PAUSE": StatusRule(S.ON_HOLD),
@@ -142,7 +142,11 @@ def map_order(
     items = r.items(order.get("itemInfoList"), r.at(path, "itemInfoList"))
     lines = [_line(o, r.at(path, f"itemInfoList[{i}]")) for i, o in enumerate(items)]
     paid = order.get("paymentConfirmTime") not in (None, "", "0000-00-00 00:00:00")
-    if rule.payment is not None:
+    status = rule.status
+    if status is S.CANCELLED and paid and _shipped(order):
+        # Goods that left cannot be un-shipped: the cancellation refunded the payment.
+        status, payment = S.SHIPPED, rule.payment or P.REFUNDED
+    elif rule.payment is not None:
         payment = rule.payment
     elif rule.status is S.CANCELLED:
         payment = P.REFUNDED if paid else P.VOIDED
@@ -161,7 +165,7 @@ def map_order(
             total=r.money(r.required(order, "orderPayment", path), r.at(path, "orderPayment")),
         ),
         lines=tuple(lines),
-        status=rule.status,
+        status=status,
         payment_status=payment,
         customer=_customer(order, path),
         shipping_address=_address(order.get("consigneeInfo"), r.at(path, "consigneeInfo")),
@@ -175,6 +179,12 @@ def order_id(order: Mapping[str, Any], path: str = "") -> str:
     found = r.ident(r.required(order, "orderId", path), r.at(path, "orderId"))
     assert found is not None
     return found
+
+
+def _shipped(order: Mapping[str, Any]) -> bool:
+    """True when the order left the warehouse (an out-bound date or a waybill number)."""
+    out = order.get("outBoundDate")
+    return out not in (None, "", "0000-00-00 00:00:00") or order.get("waybill") not in (None, "")
 
 
 def _time(value: Any, path: str) -> datetime | None:

@@ -52,6 +52,7 @@ INCREMENT_METHOD = "taobao.trades.sold.increment.get"
 MAX_PAGE_SIZE = 100
 TRADE_FIELDS = (
     "tid,tid_str,status,payment,total_fee,post_fee,discount_fee,created,modified,pay_time,"
+    "consign_time,"
     "buyer_nick,buyer_open_uid,buyer_message,receiver_name,receiver_state,receiver_city,"
     "receiver_district,receiver_town,receiver_address,receiver_zip,receiver_mobile,"
     "receiver_phone,orders"
@@ -67,12 +68,11 @@ DEFAULT_STATUSES = StatusTable(
         "WAIT_SELLER_SEND_GOODS": StatusRule(S.PAID),
         "SELLER_CONSIGNED_PART": StatusRule(S.PAID),  # some sub-orders shipped
         "WAIT_BUYER_CONFIRM_GOODS": StatusRule(S.SHIPPED),
-        # Signed for / finished: the hub may not create an order as delivered or completed
-        # (domain INITIAL_STATUSES), and a backfill meets such trades first, so both land
-        # as shipped by default; a channel may map them further in config.
-        "TRADE_BUYER_SIGNED": StatusRule(S.SHIPPED),
-        "TRADE_FINISHED": StatusRule(S.SHIPPED),
-        "TRADE_CLOSED": StatusRule(S.CANCELLED),  # refunded after payment, or closed unpaid
+        "TRADE_BUYER_SIGNED": StatusRule(S.DELIVERED),  # cash on delivery: signed for
+        "TRADE_FINISHED": StatusRule(S.COMPLETED),  # confirmed by the buyer, or timed out
+        # Refunded after payment, or closed unpaid. Closed after the goods were consigned
+        # (a return and refund) is not a cancellation: see map_trade.
+        "TRADE_CLOSED": StatusRule(S.CANCELLED),
         "TRADE_CLOSED_BY_TAOBAO": StatusRule(S.CANCELLED, P.VOIDED),  # closed before payment
     }
 )
@@ -176,7 +176,12 @@ def map_trade(
     lines = [_line(o, r.at(path, f"orders.order[{i}]")) for i, o in enumerate(subs)]
     refunds = [_refunded(o) for o in subs]
     paid = trade.get("pay_time") not in (None, "")
-    if rule.payment is not None:
+    status = rule.status
+    if status is S.CANCELLED and paid and _consigned(trade, subs):
+        # The goods left before the trade closed: it closed because everything was refunded
+        # (returned), and goods that left cannot be un-shipped.
+        status, payment = S.SHIPPED, rule.payment or P.REFUNDED
+    elif rule.payment is not None:
         payment = rule.payment
     elif rule.status is S.CANCELLED:
         payment = P.REFUNDED if paid else P.VOIDED
@@ -199,7 +204,7 @@ def map_trade(
             total=r.money(r.required(trade, "payment", path), r.at(path, "payment")),
         ),
         lines=tuple(lines),
-        status=rule.status,
+        status=status,
         payment_status=payment,
         customer=_customer(trade, path),
         shipping_address=_address(trade, path),
@@ -222,6 +227,13 @@ def _time(value: Any, path: str) -> datetime | None:
     if value is None or value == "":
         return None
     return r.timestamp(value, path, naive_zone=CHINA)
+
+
+def _consigned(trade: Mapping[str, Any], subs: list[Any]) -> bool:
+    """True when the seller had shipped (the trade or any sub-order has a consign time)."""
+    return trade.get("consign_time") not in (None, "") or any(
+        isinstance(o, Mapping) and o.get("consign_time") not in (None, "") for o in subs
+    )
 
 
 def _refunded(sub: Any) -> bool:

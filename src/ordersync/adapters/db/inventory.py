@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ordersync.adapters.db import routing as routing_store
 from ordersync.adapters.db.database import Database
 from ordersync.clock import from_us, to_us
 from ordersync.domain.codec import fmt_time
@@ -27,6 +28,7 @@ from ordersync.domain.inventory import (
     Reservation,
     ReservationState,
     StockEvent,
+    StockEventType,
     StockLevel,
 )
 from ordersync.ids import new_id
@@ -87,6 +89,10 @@ def _reservation(row: Any) -> Reservation:
 
 
 class SqlStockRepository(StockRepository):
+    # Set by the hub (bootstrap): inventory.low per SKU across all locations at or below
+    # this, instead of per location at its safety stock.
+    low_stock_threshold: int | None = None
+
     def __init__(self, c: _Conn, router: EventRouter, policy: InventoryPolicy) -> None:
         self._c = c  # the unit of work's lazily opened write transaction
         self._router = router
@@ -95,6 +101,11 @@ class SqlStockRepository(StockRepository):
         self._loaded: set[str] = set()
         self._orders: set[str] = set()
         self._feed: dict[tuple[str, str], StoredResponse] = {}
+        self._fed: set[tuple[str, str]] = set()  # rows a WMS/ERP feed reported (fed_us)
+        self._before: dict[str, int] = {}  # SKU -> available everywhere when loaded
+
+    def mark_fed(self, sku: str, location_id: str) -> None:
+        self._fed.add((sku, location_id))
 
     async def load(self, skus: Iterable[str]) -> Inventory:
         wanted = sorted(set(skus) - self._loaded)
@@ -110,6 +121,8 @@ class SqlStockRepository(StockRepository):
                     StockLevel(sku, loc, int(on_hand), int(reserved), int(safety), int(version))
                 )
             self._loaded.update(wanted)
+            for sku in wanted:
+                self._before[sku] = sum(lv.available for lv in self.inventory.levels_of(sku))
         return self.inventory
 
     def _remember(self, rows: Iterable[Any]) -> list[Reservation]:
@@ -155,6 +168,12 @@ class SqlStockRepository(StockRepository):
             await self.load(r.sku for r in found)
         return self.inventory.reservations.get(reservation_id)
 
+    async def capacity_use(self, day: str) -> dict[str, int]:
+        return await routing_store.capacity_use(await self._c.get(), day, self.inventory)
+
+    async def orders_short_of(self, skus: Iterable[str], limit: int) -> list[str]:
+        return await routing_store.orders_short_of(await self._c.get(), skus, limit)
+
     async def feed_get(self, source: str, message_id: str) -> StoredResponse | None:
         if (source, message_id) in self._feed:
             return self._feed[(source, message_id)]
@@ -177,6 +196,7 @@ class SqlStockRepository(StockRepository):
         """Write what changed; returns the stock events for the unit of work's outbox."""
         inv = self.inventory
         ledger, events = inv.take_changes()
+        await routing_store.flush(conn, inv)  # routing decisions commit with their holds
 
         def level_row(key: tuple[str, str]) -> dict[str, Any]:
             lv = inv.levels[key]
@@ -202,6 +222,8 @@ class SqlStockRepository(StockRepository):
             " version = :version, updated_us = :now WHERE sku = :sku AND location_id = :loc",
             [level_row(k) for k in sorted(inv.dirty_levels)],
         )
+
+        events = await self._signal_changes(conn, now_us, events)
 
         res = [inv.reservations[rid] for rid in inv.new_reservations]
         await self._insert(
@@ -282,6 +304,43 @@ class SqlStockRepository(StockRepository):
             ],
         )
         return [e for e in entries if e.destinations]
+
+    async def _signal_changes(
+        self, conn: AsyncConnection, now_us: int, events: list[StockEvent]
+    ) -> list[StockEvent]:
+        """Feed freshness, the publisher's "stock changed" markers and SKU-wide low-stock
+        alerts, in the transaction of the change (before the change sets are cleared)."""
+        inv = self.inventory
+        changed = sorted({sku for sku, _ in (*inv.new_levels, *inv.dirty_levels, *self._fed)})
+        await _many(
+            conn,
+            "UPDATE stock SET fed_us = :now WHERE sku = :sku AND location_id = :loc",
+            [{"sku": s, "loc": loc, "now": now_us} for s, loc in sorted(self._fed)],
+        )
+        self._fed.clear()
+        # One upsert per SKU per batch (not per reservation): the singleton stock publisher
+        # deletes a marker only after every channel has the value read after its `seq`.
+        await _many(
+            conn,
+            "INSERT INTO stock_dirty (sku, seq, changed_us) VALUES (:sku, 1, :now)"
+            " ON CONFLICT (sku) DO UPDATE SET seq = stock_dirty.seq + 1,"
+            " changed_us = excluded.changed_us",
+            [{"sku": sku, "now": now_us} for sku in changed],
+        )
+        threshold = self.low_stock_threshold
+        if threshold is None:
+            return events
+        out = [e for e in events if e.type is not StockEventType.INVENTORY_LOW]
+        at = from_us(now_us)
+        for sku in changed:
+            after = sum(lv.available for lv in inv.levels_of(sku))
+            before = self._before.get(sku, 0)
+            self._before[sku] = after
+            if before > threshold >= after:  # once per downward crossing
+                out.append(
+                    StockEvent(StockEventType.INVENTORY_LOW, sku, None, threshold, after, at)
+                )
+        return out
 
     async def _insert(
         self,

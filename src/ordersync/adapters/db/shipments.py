@@ -28,6 +28,16 @@ from ordersync.service.outbox import OutboxEntry
 from ordersync.service.shipments import ShipmentRecord
 
 _SELECT = "SELECT doc FROM shipments"
+_PENDING = (
+    "SELECT callback_id, update_doc, received_us FROM carrier_inbox WHERE carrier_id = :c"
+    " AND tracking_number = :t AND outcome = 'received' ORDER BY seq, callback_id"
+)
+_SET_ALERT_STATE = {
+    "acknowledged": "UPDATE alerts SET state = :state, acknowledged_us = :now WHERE id = :id",
+    "resolved": (
+        "UPDATE alerts SET state = :state, resolved_us = :now, resolved_by = :by WHERE id = :id"
+    ),
+}
 
 
 def _row(record: ShipmentRecord, due: datetime | None, now: datetime) -> dict[str, Any]:
@@ -58,13 +68,22 @@ class SqlShipmentTx:
         return await self._uow._c.get()  # the unit of work's own transaction
 
     async def claim_callback(
-        self, carrier_id: str, callback_id: str, tracking_number: str, body: bytes, now: datetime
+        self,
+        carrier_id: str,
+        callback_id: str,
+        tracking_number: str,
+        body: bytes,
+        now: datetime,
+        update_doc: str | None = None,
     ) -> bool:
         conn = await self._conn()
+        # `seq` is the order of arrival; two callbacks racing in separate transactions may
+        # share one (their relative order is arbitrary anyway), the callback id breaks it.
         result = await conn.execute(
             text(
                 "INSERT INTO carrier_inbox (carrier_id, callback_id, tracking_number, outcome,"
-                " received_us, body) VALUES (:c, :i, :t, 'received', :now, :body)"
+                " received_us, body, update_doc, seq) VALUES (:c, :i, :t, 'received', :now,"
+                " :body, :doc, (SELECT COALESCE(MAX(seq), 0) + 1 FROM carrier_inbox))"
                 " ON CONFLICT (carrier_id, callback_id) DO NOTHING"
             ),
             {
@@ -73,20 +92,42 @@ class SqlShipmentTx:
                 "t": tracking_number,
                 "now": to_us(now),
                 "body": body,
+                "doc": update_doc,
             },
         )
         return bool(getattr(result, "rowcount", 0) == 1)
 
+    async def pending_callbacks(
+        self, carrier_id: str, tracking_number: str
+    ) -> list[tuple[str, str | None, datetime]]:
+        conn = await self._conn()
+        rows = await conn.execute(
+            text(f"{_PENDING}{self._lock}"),
+            {"c": carrier_id, "t": tracking_number},
+        )
+        return [(str(i), None if d is None else str(d), from_us(r)) for i, d, r in rows]
+
     async def finish_callback(
-        self, carrier_id: str, callback_id: str, outcome: str, shipment_id: str | None
+        self,
+        carrier_id: str,
+        callback_id: str,
+        outcome: str,
+        shipment_id: str | None,
+        now: datetime | None = None,
     ) -> None:
         conn = await self._conn()
         await conn.execute(
             text(
-                "UPDATE carrier_inbox SET outcome = :o, shipment_id = :s"
+                "UPDATE carrier_inbox SET outcome = :o, shipment_id = :s, applied_us = :now"
                 " WHERE carrier_id = :c AND callback_id = :i"
             ),
-            {"o": outcome, "s": shipment_id, "c": carrier_id, "i": callback_id},
+            {
+                "o": outcome,
+                "s": shipment_id,
+                "c": carrier_id,
+                "i": callback_id,
+                "now": None if now is None else to_us(now),
+            },
         )
 
     async def _one(self, where: str, params: dict[str, Any]) -> ShipmentRecord | None:
@@ -163,6 +204,55 @@ class SqlShipmentTx:
                 "raised": to_us(alert.raised_at),
                 "detail": alert.detail,
             },
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def alert(self, alert_id: str) -> dict[str, Any] | None:
+        conn = await self._conn()
+        row = (
+            await conn.execute(text(f"{_ALERT} WHERE id = :id{self._lock}"), {"id": alert_id})
+        ).first()
+        return None if row is None else _alert_view(row)
+
+    async def set_alert_state(
+        self, alert_id: str, state: str, principal: str, now: datetime
+    ) -> dict[str, Any]:
+        conn = await self._conn()
+        await conn.execute(
+            text(_SET_ALERT_STATE[state]),
+            {"state": state, "now": to_us(now), "by": principal, "id": alert_id},
+        )
+        row = (await conn.execute(text(f"{_ALERT} WHERE id = :id"), {"id": alert_id})).one()
+        return _alert_view(row)
+
+    async def schedule_reminder(
+        self, order_id: str, kind: str, due: datetime, now: datetime, *, sent: bool
+    ) -> bool:
+        conn = await self._conn()
+        result = await conn.execute(
+            text(
+                "INSERT INTO order_reminders (order_id, kind, due_us, created_us, sent_us)"
+                " VALUES (:o, :k, :due, :now, :sent)"
+                " ON CONFLICT (order_id, kind) DO NOTHING"
+            ),
+            {
+                "o": order_id,
+                "k": kind,
+                "due": to_us(due),
+                "now": to_us(now),
+                "sent": to_us(now) if sent else None,
+            },
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def fire_reminder(self, order_id: str, kind: str, now: datetime) -> bool:
+        conn = await self._conn()
+        result = await conn.execute(
+            text(
+                "UPDATE order_reminders SET sent_us = :now"
+                " WHERE order_id = :o AND kind = :k AND sent_us IS NULL"
+            ),
+            {"o": order_id, "k": kind, "now": to_us(now)},
         )
         return bool(getattr(result, "rowcount", 0) == 1)
 
@@ -243,24 +333,77 @@ class SqlShipmentStore:
             return [ShipmentRecord.from_doc(orjson.loads(doc)) for (doc,) in rows]
 
     async def open_alerts(self, limit: int) -> list[dict[str, Any]]:
+        return await self.alerts(("open", "acknowledged"), limit)
+
+    async def alerts(self, states: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+        if not states:
+            return []
+        names = ", ".join(f":s{i}" for i in range(len(states)))
+        params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(states)}
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                text(f"{_ALERT} WHERE state IN ({names}) ORDER BY raised_us, id LIMIT :limit"),
+                {**params, "limit": limit},
+            )
+            return [_alert_view(r) for r in rows]
+
+    async def order_of_alert(self, alert_id: str) -> str | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT order_id FROM alerts WHERE id = :id"), {"id": alert_id}
+                )
+            ).first()
+        return None if row is None else str(row[0])
+
+    async def open_alert_counts(self) -> dict[str, int]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                text("SELECT rule, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY rule")
+            )
+            return {str(rule): int(n) for rule, n in rows}
+
+    async def received_callbacks(self, limit: int) -> list[tuple[str, str]]:
         async with self.db.read() as conn:
             rows = await conn.execute(
                 text(
-                    "SELECT id, shipment_id, order_id, rule, state, due_us, raised_us, detail"
-                    " FROM alerts WHERE state = 'open' ORDER BY raised_us, id LIMIT :limit"
+                    "SELECT carrier_id, tracking_number, MIN(seq) AS first_seq FROM carrier_inbox"
+                    " WHERE outcome = 'received' GROUP BY carrier_id, tracking_number"
+                    " ORDER BY first_seq LIMIT :limit"
                 ),
                 {"limit": limit},
             )
-            return [
-                {
-                    "id": r[0],
-                    "shipment_id": r[1],
-                    "order_id": r[2],
-                    "rule": r[3],
-                    "state": r[4],
-                    "due_at": fmt_time(from_us(r[5])),
-                    "raised_at": fmt_time(from_us(r[6])),
-                    "detail": r[7],
-                }
-                for r in rows
-            ]
+            return [(str(c), str(t)) for c, t, _ in rows]
+
+    async def due_reminders(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT order_id, kind FROM order_reminders WHERE sent_us IS NULL"
+                    " AND due_us <= :now ORDER BY due_us LIMIT :limit"
+                ),
+                {"now": to_us(now), "limit": limit},
+            )
+            return [(str(o), str(k)) for o, k in rows]
+
+
+_ALERT = (
+    "SELECT id, shipment_id, order_id, rule, state, due_us, raised_us, detail,"
+    " acknowledged_us, resolved_us, resolved_by FROM alerts"
+)
+
+
+def _alert_view(r: Any) -> dict[str, Any]:
+    return {
+        "id": r[0],
+        "shipment_id": r[1],
+        "order_id": r[2],
+        "rule": r[3],
+        "state": r[4],
+        "due_at": fmt_time(from_us(r[5])),
+        "raised_at": fmt_time(from_us(r[6])),
+        "detail": r[7],
+        "acknowledged_at": None if r[8] is None else fmt_time(from_us(r[8])),
+        "resolved_at": None if r[9] is None else fmt_time(from_us(r[9])),
+        "resolved_by": r[10],
+    }

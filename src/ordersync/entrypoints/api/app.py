@@ -11,7 +11,16 @@ from ordersync import __version__
 from ordersync.bootstrap import Hub
 from ordersync.entrypoints.api import errors
 from ordersync.entrypoints.api.auth import ApiKeys
-from ordersync.entrypoints.api.routes import deliveries, inventory, ops, orders, webhooks
+from ordersync.entrypoints.api.routes import (
+    carrier_rules,
+    deliveries,
+    inventory,
+    ops,
+    orders,
+    webhooks,
+)
+from ordersync.entrypoints.api.routes import groups as group_routes
+from ordersync.entrypoints.api.routes import returns as return_routes
 from ordersync.entrypoints.api.routes import shipments as shipment_routes
 from ordersync.entrypoints.api.routes.webhooks import WebhookFastPath
 
@@ -43,4 +52,7 @@ def create_app(hub: Hub, *, manage_hub: bool = True) -> FastAPI:
     for r in (webhooks.router, orders.router, deliveries.router, inventory.router, ops.router):
         app.include_router(r)
     app.include_router(shipment_routes.router)
+    app.include_router(carrier_rules.router)
+    app.include_router(return_routes.router)
+    app.include_router(group_routes.router)
     return app

@@ -144,6 +144,21 @@ class TotalsOut(BaseModel):
     total: str
 
 
+class AllocationOut(BaseModel):
+    location_id: str
+    quantity: int
+
+
+class RoutingOut(BaseModel):
+    """The order's last routing decision: why these locations, what waits for stock."""
+
+    outcome: str  # routed | backordered | unroutable
+    locations: list[str]
+    backordered: dict[str, int]  # sku -> units waiting (backorder or preorder)
+    explanation: dict[str, Any]  # candidates, scores, steps, and `text` for people
+    decided_at: str
+
+
 class LineOut(BaseModel):
     sku: str | None
     name: str | None
@@ -154,6 +169,8 @@ class LineOut(BaseModel):
     external_id: str | None
     product_id: str | None
     variant_id: str | None
+    # With inventory on: where its units are held or shipped from (one order, not lists).
+    allocations: list[AllocationOut] = []
 
 
 class OrderOut(BaseModel):
@@ -177,6 +194,7 @@ class OrderOut(BaseModel):
     updated_at: str
     channel_updated_at: str | None
     version: int
+    routing: RoutingOut | None = None  # with inventory on; one order, not lists
 
 
 class OrderPage(BaseModel):

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -32,7 +33,17 @@ from ordersync.domain.order_status import (
     PaymentStatus,
 )
 from ordersync.domain.orders import Order
+from ordersync.domain.routing import (
+    Destination,
+    RoutingDecision,
+    RoutingLine,
+    RoutingOutcome,
+    RoutingRequest,
+    RoutingSetup,
+)
+from ordersync.domain.stock_feeds import ImportStockFeed
 from ordersync.ids import new_id
+from ordersync.service.handlers.stock_feeds import import_stock_feed
 from ordersync.service.unit_of_work import StockRepository, StoredResponse, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -96,6 +107,8 @@ async def set_stock(cmd: sc.SetStock, uow: UnitOfWork) -> StoredResponse:
     if (stored := await _replayed(stock, cmd)) is not None:
         return stored
     inv = await stock.load([cmd.sku])
+    known = inv.levels.get((cmd.sku, cmd.location_id))
+    before = known.available if known is not None else 0
     level = inv.set_on_hand(
         cmd.sku,
         cmd.location_id,
@@ -104,7 +117,11 @@ async def set_stock(cmd: sc.SetStock, uow: UnitOfWork) -> StoredResponse:
         reference=cmd.message_id,
         safety_stock=cmd.safety_stock,
     )
-    return _respond(stock, cmd, 200, level_doc(level))
+    stock.mark_fed(cmd.sku, cmd.location_id)  # even an unchanged count is a fresh feed
+    response = _respond(stock, cmd, 200, level_doc(level))
+    if level.available > before:
+        await _retry_short_orders(uow, {cmd.sku}, cmd.received_at)
+    return response
 
 
 async def adjust_stock(cmd: sc.AdjustStock, uow: UnitOfWork) -> StoredResponse:
@@ -128,7 +145,43 @@ async def adjust_stock(cmd: sc.AdjustStock, uow: UnitOfWork) -> StoredResponse:
         for d in cmd.deltas
     ]
     seen = {(lv.sku, lv.location_id): level_doc(lv) for lv in levels}
-    return _respond(stock, cmd, 200, {"data": list(seen.values())})
+    for sku, location_id in seen:
+        stock.mark_fed(sku, location_id)
+    response = _respond(stock, cmd, 200, {"data": list(seen.values())})
+    if more := {d.sku for d in cmd.deltas if d.delta > 0}:
+        await _retry_short_orders(uow, more, cmd.received_at)
+    return response
+
+
+# Orders retried per stock change: the oldest first; the next change retries more.
+RETRY_BATCH = 50
+
+
+async def _retry_short_orders(uow: UnitOfWork, skus: set[str], at: datetime) -> None:
+    """Stock arrived: orders on hold for lack of it route again, oldest first, in this
+    same transaction. One that can now be served reserves and loses its `stock_shortage`
+    reason (released when it was the only one); one that still cannot stays as it is,
+    with its routing explanation brought up to date (no second shortage event)."""
+    stock = _stock(uow)
+    for order_id in await stock.orders_short_of(skus, RETRY_BATCH):
+        order = await uow.orders.get(order_id)  # locked like any order change
+        if (
+            order is None
+            or order.status is not S.ON_HOLD
+            or HoldReason.STOCK_SHORTAGE not in order.hold_reasons
+            or await stock.held_for_order(order.id)
+        ):
+            continue
+        secured = _paid(order.held_from or S.PENDING, order.payment_status)
+        decision = await _reserve(order, stock, secured=secured, cause="stock", at=at, retry=True)
+        if decision is None or decision.outcome is RoutingOutcome.UNROUTABLE:
+            continue
+        rest = tuple(r for r in order.hold_reasons if r is not HoldReason.STOCK_SHORTAGE)
+        if rest:
+            order.change_hold_reasons(rest, cause="inventory:stock arrived", at=at)
+        else:
+            order.release_hold(cause="inventory:stock arrived", at=at)
+        uow.orders.save(order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +231,7 @@ INVENTORY_HANDLERS: dict[type, Any] = {
     sc.ReserveStock: reserve_stock,
     sc.ReleaseReservations: release_reservations,
     sc.ExpireReservation: expire_reservation,
+    ImportStockFeed: import_stock_feed,
 }
 
 
@@ -212,24 +266,26 @@ async def on_order_change(
     uow: UnitOfWork,
     *,
     cause: str,
-) -> None:
+) -> RoutingDecision | None:
     """Keep the order's reservations in step with it. Call before `uow.orders.add/save`.
 
     `before`: (status, payment status) before this change; None for a new order.
-    Accepted (or, per channel, paid) orders reserve; paying removes the expiry; cancel,
-    refund or void releases; shipping commits. An order that cannot be served goes on
-    hold with reason `stock_shortage`.
+    Accepted (or, per channel, paid) orders are routed and reserve what routing allocated;
+    paying removes the expiry; cancel, refund or void releases; shipping commits. An order
+    that cannot be served goes on hold with reason `stock_shortage`. Returns the routing
+    decision when one was made by this change.
 
     The order's change stands even if its stock cannot follow (say a location was removed
     from the config while it held stock): that is logged, and a WMS count repairs it.
     """
     stock = uow.stock
     if stock is None or not order.lines:
-        return
+        return None
     try:
-        await _follow(order, before, stock, cause)
+        return await _follow(order, before, stock, cause)
     except DomainError as e:
         log.warning("order %s: stock could not follow its change: %s", order.id, e)
+        return None
 
 
 async def _follow(
@@ -237,15 +293,14 @@ async def _follow(
     before: tuple[OrderStatus, PaymentStatus] | None,
     stock: StockRepository,
     cause: str,
-) -> None:
+) -> RoutingDecision | None:
     status, payment = order.status, order.payment_status
-    at = order.updated_at
     if before is None:
         secured = _paid(status, payment)
         wants = stock.policy.reserves_on(order.channel_id) is ReserveOn.ACCEPTED or secured
         if status in _OPEN and wants:
-            await _reserve(order, stock, secured=secured, cause=cause)
-        return
+            return await _reserve(order, stock, secured=secured, cause=cause)
+        return None
     was_status, was_payment = before
     cancelled = (status is S.CANCELLED and was_status is not S.CANCELLED) or (
         payment in _GIVE_BACK and was_payment not in _GIVE_BACK
@@ -254,9 +309,10 @@ async def _follow(
     newly_paid = _paid(status, payment) and not _paid(was_status, was_payment)
     released = was_status is S.ON_HOLD and status in _OPEN
     if not (cancelled or shipped or newly_paid or released):
-        return  # most updates (notes, addresses, tracking) leave stock alone: no query
+        return None  # most updates (notes, addresses, tracking) leave stock alone: no query
     held = await stock.held_for_order(order.id)
     inv = stock.inventory
+    at = order.updated_at
     if shipped:  # first: goods that left are gone, even if the payment went back
         for res in held:
             inv.commit(res, at=at)
@@ -268,10 +324,27 @@ async def _follow(
             for res in held:
                 inv.confirm(res)
     elif status in _OPEN:
-        await _reserve(order, stock, secured=_paid(status, payment), cause=cause)
+        return await _reserve(order, stock, secured=_paid(status, payment), cause=cause)
+    return None
 
 
-async def _reserve(order: Order, stock: StockRepository, *, secured: bool, cause: str) -> None:
+_DEFAULT_ROUTING = RoutingSetup()
+
+
+async def _reserve(
+    order: Order,
+    stock: StockRepository,
+    *,
+    secured: bool,
+    cause: str,
+    at: datetime | None = None,
+    retry: bool = False,
+) -> RoutingDecision | None:
+    """Route the order, then reserve exactly what the decision allocated (all or nothing).
+
+    `at`: when (default: the order's change). `retry`: an order already on hold for a
+    shortage tries again; if it still cannot be served, only the decision is recorded.
+    """
     wanted: dict[str, int] = {}
     for line in order.lines:
         if line.sku and line.quantity > 0:
@@ -280,15 +353,52 @@ async def _reserve(order: Order, stock: StockRepository, *, secured: bool, cause
     # A SKU no location has ever stocked is not tracked by the hub: nothing to reserve.
     tracked = {sku: q for sku, q in wanted.items() if inv.levels_of(sku)}
     if not tracked:
-        return
-    ttl = stock.policy.unpaid_ttl
-    expires = order.updated_at + ttl if ttl is not None and not secured else None
-    made = inv.reserve(order.id, tracked, at=order.updated_at, expires_at=expires, new_id=_res_id)
-    if made is None:
+        return None
+    policy = stock.policy
+    setup = policy.routing or _DEFAULT_ROUTING
+    locations = policy.locations
+    available = {
+        (lv.sku, lv.location_id): lv.available
+        for sku in tracked
+        for lv in inv.levels_of(sku)
+        if lv.location_id in locations
+    }
+    addr = order.shipping_address
+    request = RoutingRequest(
+        order.id,
+        order.channel_id,
+        tuple(RoutingLine(sku, q) for sku, q in tracked.items()),
+        setup.destination(addr.country_code, addr.region) if addr else Destination(),
+    )
+    at = at or order.updated_at
+    load = None
+    if setup.uses_capacity(locations):
+        load = await stock.capacity_use(at.astimezone(UTC).date().isoformat())
+    decision, record = setup.decide(request, locations, available, load, at)
+    if decision.outcome is RoutingOutcome.UNROUTABLE:
+        if retry:
+            inv.record_decision(record)
+            return decision
+        inv.record_shortage(
+            order.id, {ln.sku: ln.quantity for ln in decision.lines if ln.short}, at=at
+        )
+        inv.record_decision(record)
         with contextlib.suppress(InvalidTransition):  # the shortage event tells regardless
             order.transition_to(
                 S.ON_HOLD,
                 cause=f"inventory:{cause}",
-                at=order.updated_at,
+                at=at,
                 hold_reasons=(HoldReason.STOCK_SHORTAGE,),
             )
+        return decision
+    ttl = policy.unpaid_ttl
+    expires = at + ttl if ttl is not None and not secured else None
+    inv.reserve_allocations(
+        order.id,
+        [(ln.sku, a.location_id, a.quantity) for ln in decision.lines for a in ln.allocations],
+        at=at,
+        expires_at=expires,
+        new_id=_res_id,
+    )
+    inv.record_decision(record)
+    return decision

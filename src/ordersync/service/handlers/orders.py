@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import orjson
 
 from ordersync.domain import commands
-from ordersync.domain.codec import order_to_dict
+from ordersync.domain.codec import order_to_dict, routing_doc, with_fulfilment
 from ordersync.domain.errors import (
     DomainError,
     IdempotencyKeyReused,
@@ -17,6 +17,7 @@ from ordersync.domain.errors import (
 )
 from ordersync.domain.orders import Order
 from ordersync.ids import new_id
+from ordersync.service.handlers.holds import audit_order
 from ordersync.service.handlers.inventory import on_order_change
 from ordersync.service.unit_of_work import InboxRecord, StoredResponse, UnitOfWork
 
@@ -59,7 +60,8 @@ async def _apply_snapshot(cmd: commands.IngestChannelOrder, uow: UnitOfWork) -> 
         order = Order.create(
             new_id("ord"), snap, cause=cause, message_id=cmd.message_id, at=cmd.received_at
         )
-        await on_order_change(order, None, uow, cause=cause)
+        decision = await on_order_change(order, None, uow, cause=cause)
+        await audit_order(order, uow, cause=cause, decision=decision)
         uow.orders.add(order)
         return IngestResult("created", order.id, order.version)
     if order.is_stale(snap.channel_updated_at):
@@ -79,7 +81,8 @@ async def _apply_snapshot(cmd: commands.IngestChannelOrder, uow: UnitOfWork) -> 
             # snapshot arriving later is recognised as stale.
             uow.orders.save(order)
         return IngestResult("unchanged", order.id, order.version)
-    await on_order_change(order, before, uow, cause=cause)
+    decision = await on_order_change(order, before, uow, cause=cause)
+    await audit_order(order, uow, cause=cause, decision=decision)
     uow.orders.save(order)
     return IngestResult("updated", order.id, order.version)
 
@@ -100,9 +103,19 @@ async def create_order(cmd: commands.CreateOrder, uow: UnitOfWork) -> StoredResp
     order = Order.create(
         new_id("ord"), snap, cause="api:create", message_id=cmd.idempotency_key, at=cmd.received_at
     )
-    await on_order_change(order, None, uow, cause="api:create")
+    decision = await on_order_change(order, None, uow, cause="api:create")
+    await audit_order(order, uow, cause="api:create", decision=decision)
     uow.orders.add(order)
-    response = StoredResponse(cmd.fingerprint or "", 201, orjson.dumps(order_to_dict(order)))
+    body = order_to_dict(order)
+    if uow.stock is not None:  # as GET shows it: where each line's units come from, and why
+        inv = uow.stock.inventory
+        record = inv.new_decisions.get(order.id) if decision is not None else None
+        body = with_fulfilment(
+            body,
+            [(r.sku, r.location_id, r.quantity) for r in inv.held_for(order.id)],
+            routing_doc(record) if record is not None else None,
+        )
+    response = StoredResponse(cmd.fingerprint or "", 201, orjson.dumps(body))
     if cmd.idempotency_key is not None:
         uow.idempotency.put(cmd.principal, cmd.idempotency_key, response)
     return response

@@ -17,6 +17,7 @@ from ordersync.config import Scope
 from ordersync.domain import stock_commands as sc
 from ordersync.domain.codec import fmt_time
 from ordersync.domain.inventory import InsufficientStock, MovementCause, StockConflict
+from ordersync.domain.stock_feeds import FeedMode, ImportStockFeed, InvalidFeed, parse_csv
 from ordersync.entrypoints.api.auth import require
 from ordersync.entrypoints.api.deps import hub, json_response
 from ordersync.entrypoints.api.errors import ApiProblem
@@ -115,6 +116,64 @@ async def put_stock(
             fingerprint=_fingerprint(await request.body(), idempotency_key),
         ),
     )
+    return _stored(result)
+
+
+MAX_FEED_BYTES = 16 * 1024 * 1024
+_CSV_TYPES = ("text/csv", "application/csv")
+
+
+@router.post(
+    "/feeds",
+    summary="Apply a CSV stock feed from a WMS/ERP (snapshot or delta), all rows or none",
+    responses={
+        413: {"description": "The file is larger than 16 MiB"},
+        415: {"description": "Not sent as text/csv"},
+        422: {"description": "Bad rows (`errors`: line, column, code); nothing was applied"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def post_feed(
+    request: Request,
+    principal: Writer,
+    mode: FeedMode = FeedMode.SNAPSHOT,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Columns `sku,location_id,on_hand[,safety_stock]` (delta mode: `delta`, or `on_hand`
+    as its alias). `Idempotency-Key` is the feed's message id: the same key and file
+    return the stored response; a feed with a bad row stores nothing."""
+    service = _inventory(request)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in _CSV_TYPES:
+        raise ApiProblem(415, "unsupported_media_type", "send the feed as text/csv")
+    body = await request.body()
+    if len(body) > MAX_FEED_BYTES:
+        raise ApiProblem(413, "feed_too_large", f"a feed is at most {MAX_FEED_BYTES} bytes")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiProblem(422, "invalid_encoding", "the feed must be UTF-8 text") from None
+    try:
+        rows = parse_csv(text, mode, frozenset(service.policy.locations))
+        result = await _handle(
+            service,
+            ImportStockFeed(
+                tuple(rows),
+                mode,
+                utcnow(),
+                principal,
+                idempotency_key,
+                _fingerprint(mode.value.encode() + b"\n" + body, idempotency_key),
+            ),
+        )
+    except InvalidFeed as e:
+        errors = [x.as_dict() for x in e.errors]
+        raise ApiProblem(422, e.code, str(e), errors=errors) from None
     return _stored(result)
 
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import Response
 
 from ordersync.adapters.db import queries
+from ordersync.adapters.db import routing as routing_store
 from ordersync.clock import utcnow
 from ordersync.config import Scope
-from ordersync.domain.codec import order_to_dict
+from ordersync.domain.codec import order_to_dict, with_fulfilment
 from ordersync.domain.commands import ChangeOrderStatus, CreateOrder
 from ordersync.domain.order_status import OrderStatus
+from ordersync.domain.orders import Order
 from ordersync.entrypoints.api.auth import require
 from ordersync.entrypoints.api.deps import decode_cursor, encode_cursor, hub, json_response
 from ordersync.entrypoints.api.errors import ApiProblem
@@ -86,10 +88,14 @@ async def list_orders(
 
 @router.get("/{order_id}", response_model=OrderOut, summary="Get one order")
 async def get_order(order_id: str, request: Request, _: Reader) -> Response:
+    """With inventory configured (`locations`), each line shows its `allocations`
+    (location, units held or shipped from there) and `routing` is the last routing
+    decision: outcome, locations, backordered units per SKU and the explanation (why these
+    locations), or null when the order was never routed."""
     doc = await queries.get_order(hub(request).db, order_id)
     if doc is None:
         raise ApiProblem(404, "order_not_found", f"no order {order_id!r}")
-    return json_response(doc)
+    return await _with_fulfilment(request, doc, order_id)
 
 
 @router.get("/{order_id}/history", response_model=list[HistoryOut], summary="An order's history")
@@ -118,7 +124,7 @@ async def change_status(
             hold_reasons=tuple(change.hold_reasons),
         )
     )
-    return json_response(order_to_dict(order))
+    return await _order_response(request, order)
 
 
 @router.post("/{order_id}/release", response_model=OrderOut, summary="Release an order's hold")
@@ -126,4 +132,17 @@ async def release_hold(order_id: str, request: Request, principal: Writer) -> Re
     order = await hub(request).handle(
         ChangeOrderStatus(order_id=order_id, target=None, received_at=utcnow(), principal=principal)
     )
-    return json_response(order_to_dict(order))
+    return await _order_response(request, order)
+
+
+async def _order_response(request: Request, order: Order) -> Response:
+    """The changed order as GET shows it."""
+    return await _with_fulfilment(request, order_to_dict(order), order.id)
+
+
+async def _with_fulfilment(request: Request, doc: dict[str, Any], order_id: str) -> Response:
+    h = hub(request)
+    if h.inventory is None:  # no locations: nothing is allocated or routed
+        return json_response(doc)
+    allocations, routing = await routing_store.fulfilment_of(h.db, order_id)
+    return json_response(with_fulfilment(doc, allocations, routing))

@@ -1,4 +1,9 @@
-"""Shipments API (issue 6): carrier callbacks, booking, an order's shipments, open alerts."""
+"""Shipments API (issue 6): carrier callbacks, booking, an order's shipments, alerts.
+
+A carrier callback is answered in the carrier's format once it is verified and durably
+recorded; it is applied right after (service/shipments.py). Alerts are listed by state and
+moved along by operators: open -> acknowledged -> resolved.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,14 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from ordersync.config import Scope
 from ordersync.entrypoints.api.auth import require
 from ordersync.entrypoints.api.deps import hub, json_response
 from ordersync.entrypoints.api.errors import ApiProblem
-from ordersync.service.shipments import ShipmentError, ShipmentService
+from ordersync.service.shipments import ALERT_STATES, ShipmentError, ShipmentService
 
 router = APIRouter(tags=["shipments"])
 
@@ -25,10 +30,12 @@ MAX_CALLBACK = 1024 * 1024
 class BookingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    carrier_id: str | None = Field(default=None, max_length=64)  # None: the first configured
+    carrier_id: str | None = Field(default=None, max_length=64)  # None: the carrier rules
     carrier_code: str | None = Field(default=None, max_length=64)  # the real carrier's code
     weight_kg: Decimal | None = Field(default=None, gt=0)
     service: str = Field(default="", max_length=64)
+    # The delivery date promised to the buyer: `delivery_overdue` alerts count from it.
+    promised_by: AwareDatetime | None = None
 
 
 def _service(request: Request) -> ShipmentService:
@@ -39,7 +46,7 @@ def _service(request: Request) -> ShipmentService:
 
 
 def _problem(e: ShipmentError) -> ApiProblem:
-    return ApiProblem(e.status, e.code, e.detail)
+    return ApiProblem(e.status, e.code, e.detail, **e.extra)
 
 
 @router.post(
@@ -71,6 +78,8 @@ async def book_shipment(
             weight_kg=booking.weight_kg,
             service=booking.service,
         )
+        if booking.promised_by is not None:
+            record = await service.promise(record.shipment.shipment_id, booking.promised_by)
     except ShipmentError as e:
         raise _problem(e) from None
     return json_response(record.view(), status=201)
@@ -78,12 +87,41 @@ async def book_shipment(
 
 @router.get("/v1/orders/{order_id}/shipments", summary="An order's shipments and their tracking")
 async def list_shipments(order_id: str, request: Request, principal: Reader) -> Response:
-    shipments = await _service(request).list_for_order(order_id)
-    return json_response({"data": shipments})
+    service = _service(request)
+    shipments = await service.list_for_order(order_id)
+    fulfillment = await service.fulfillment(order_id)
+    return json_response({"data": shipments, "fulfillment_status": str(fulfillment)})
 
 
-@router.get("/v1/alerts", summary="Open shipment alerts")
+@router.get("/v1/alerts", summary="Shipment alerts (unresolved by default)")
 async def list_alerts(
-    request: Request, principal: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    request: Request,
+    principal: Reader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    state: Annotated[list[str] | None, Query(max_length=3)] = None,
 ) -> Response:
-    return json_response({"data": await _service(request).open_alerts(limit)})
+    states = state or ["open", "acknowledged"]
+    unknown = sorted(set(states) - set(ALERT_STATES))
+    if unknown:
+        raise ApiProblem(
+            422, "invalid_state", f"unknown alert state {unknown[0]!r}; one of {ALERT_STATES}"
+        )
+    return json_response({"data": await _service(request).alerts(states, limit)})
+
+
+@router.post("/v1/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert")
+async def acknowledge_alert(alert_id: str, request: Request, principal: Writer) -> Response:
+    return await _alert_action(request, alert_id, "acknowledge", principal)
+
+
+@router.post("/v1/alerts/{alert_id}/resolve", summary="Resolve an alert")
+async def resolve_alert(alert_id: str, request: Request, principal: Writer) -> Response:
+    return await _alert_action(request, alert_id, "resolve", principal)
+
+
+async def _alert_action(request: Request, alert_id: str, action: str, principal: str) -> Response:
+    try:
+        alert = await _service(request).set_alert_state(alert_id, action, principal)
+    except ShipmentError as e:
+        raise _problem(e) from None
+    return json_response(alert)

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ordersync.adapters.channels.base import Capability
+from ordersync.adapters.channels.push_fetch import FetchesPushedOrders, ingest_pushed
 from ordersync.adapters.channels.registry import InboundError, connector_for
 from ordersync.bootstrap import Hub
 from ordersync.clock import utcnow
@@ -51,6 +52,25 @@ async def receive(hub: Hub, channel_id: str, headers: Mapping[str, str], body: b
     msg = connector.parse(channel, headers, body)
     if msg.ack_only:  # a platform handshake (WooCommerce's activation ping)
         return orjson.dumps({"outcome": "ignored", "order_id": None})
+    if isinstance(connector, FetchesPushedOrders) and (
+        pushed := connector.pushed_orders(channel, headers, body)
+    ):
+        # The push names orders (Douyin): fetch each one's detail and ingest it.
+        results = await ingest_pushed(
+            connector,
+            channel,
+            pushed,
+            fetch=hub.push_fetch,
+            ingest=hub.handle,
+            audit=orjson.loads(msg.headers),
+            received_at=utcnow(),
+        )
+        for r in results:
+            hub.metrics.webhooks.labels(channel_id, r.outcome).inc()
+        hub.metrics.ingest_seconds.labels(channel_id).observe(time.perf_counter() - started)
+        orders = [{"outcome": r.outcome, "order_id": r.order_id} for r in results]
+        # code 0 / msg "success" is the answer the platform's message service expects.
+        return orjson.dumps({"code": 0, "msg": "success", **orders[0], "orders": orders})
     result = await hub.handle(
         IngestChannelOrder(
             channel_id=channel_id,
