@@ -324,7 +324,7 @@ OPS = st.lists(
     max_size=25,
 )
 LIFECYCLE = ["pending", "processing", "completed"]
-CANONICAL = {"pending": "pending", "processing": "paid", "completed": "shipped"}
+CANONICAL = {"pending": "pending", "processing": "paid", "completed": "completed"}
 
 
 @pytest.fixture(scope="module")

@@ -277,7 +277,7 @@ def test_line_items_keep_discounts_and_an_empty_sku_stays_absent() -> None:
         ("failed", OrderStatus.PENDING, PaymentStatus.PENDING),
         ("on-hold", OrderStatus.PENDING, PaymentStatus.PENDING),
         ("processing", OrderStatus.PAID, PaymentStatus.PAID),
-        ("completed", OrderStatus.SHIPPED, PaymentStatus.PAID),
+        ("completed", OrderStatus.COMPLETED, PaymentStatus.PAID),
         ("cancelled", OrderStatus.CANCELLED, PaymentStatus.PENDING),
         ("refunded", OrderStatus.PAID, PaymentStatus.REFUNDED),
     ],
@@ -285,7 +285,7 @@ def test_line_items_keep_discounts_and_an_empty_sku_stays_absent() -> None:
 def test_each_woocommerce_status_has_a_canonical_status(
     platform: str, status: OrderStatus, payment: PaymentStatus
 ) -> None:
-    """The default table: a paid order is paid, a completed one shipped, a refund refunds."""
+    """The default table: a paid order is paid, a completed one completed, a refund refunds."""
     paid_at = "2026-11-22T10:01:00" if payment is not PaymentStatus.PENDING else None
 
     snap = wc.map_order("woo", teapot_order(status=platform, date_paid_gmt=paid_at))

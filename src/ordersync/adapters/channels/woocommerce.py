@@ -72,9 +72,9 @@ DEFAULT_STATUSES = StatusTable(
         "failed": StatusRule(S.PENDING, P.PENDING),  # payment failed; the buyer may retry
         "on-hold": StatusRule(S.PENDING),  # awaiting a manual payment (bank transfer)
         "processing": StatusRule(S.PAID),  # paid, to be fulfilled
-        # Fulfilled. The hub reaches "completed" only through "shipped", and an order may
-        # not be created completed, so the fulfilment is what we record.
-        "completed": StatusRule(S.SHIPPED),
+        # Fulfilled and closed by the merchant (the hub's own write-back sets it after
+        # shipping). A channel may move an order straight to completed (CHANNEL_TRANSITIONS).
+        "completed": StatusRule(S.COMPLETED),
         "cancelled": StatusRule(S.CANCELLED),
         # Fully refunded: the payment says so; the status does not go back.
         "refunded": StatusRule(S.PAID, P.REFUNDED),
