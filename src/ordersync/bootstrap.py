@@ -433,6 +433,8 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
                 else None
             ),
             observer=metrics.alert_observer(),
+            # SQLite has one writer: one worker applies callbacks, in batches.
+            callback_workers=1 if db.is_sqlite else 4,
             carrier_rules=CarrierRules(
                 rules_from_config(settings.carrier_rules),
                 SqlOverrideStore(db),

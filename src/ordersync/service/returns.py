@@ -48,6 +48,7 @@ from ordersync.ids import new_id
 from ordersync.service.outbox import EventRouter, OutboxEntry
 from ordersync.service.shipments import (
     RETURN_DIRECTION,
+    SHIPMENT_UPDATED,
     ShipmentRecord,
     ShipmentService,
     ShipmentTx,
@@ -275,6 +276,8 @@ class ReturnService:
             if idem is not None:
                 tx.idempotency.put(idem.principal, idem.key, response)
             await tx.commit()
+        # Pushes the carrier sent before this commit are applied now, not at the sweep.
+        self.shipments.shipment_committed(carrier.account.carrier_id, result.tracking_number)
         return response
 
     # ---- receiving -------------------------------------------------------------------------
@@ -301,8 +304,21 @@ class ReturnService:
                     409, "return_already_received", f"return {return_id} is already received"
                 )
             await self._receive(tx, order, ret, decisions, ReceivedBy.MANUAL, now)
+            await self._close_pickup(tx, order, ret, now)
             await tx.commit()
         return ret
+
+    async def _close_pickup(self, tx: ReturnTx, order: Order, ret: Return, now: datetime) -> None:
+        """The goods came back by hand: the reverse pickup is no longer awaited, so it is
+        deactivated (no timer: no `no_pickup` alert for a parcel nobody will hand over)."""
+        if ret.shipment_id is None:
+            return
+        record = await tx.shipments.shipment(ret.shipment_id)
+        if record is None or not record.active:
+            return
+        record.active, record.cancelled_at = False, now
+        await tx.shipments.update_shipment(record, None, now)
+        tx.emit(self._entry(SHIPMENT_UPDATED, order, record.view(), now))
 
     async def on_shipment_update(
         self, stx: ShipmentTx, order: Order, record: ShipmentRecord, now: datetime

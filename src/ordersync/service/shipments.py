@@ -6,16 +6,25 @@ the outbox entries (`shipment.created`, `shipment.updated`, `alert.raised`, and 
 own `order.shipped` / `order.delivered`) commit together or not at all.
 
 Callbacks are verified in the carrier's own scheme, recorded in `carrier_inbox` as
-`received` (one short transaction) and answered in the carrier's acknowledgement format at
-once; the in-process processor (woken by the insert) then applies them per shipment in
-order of arrival, marking each `applied` in the transaction of its effect. Rows a crash
-left `received` are applied by the sweep (one process, under the "shipments-sweep" lease);
-row locks make a second processor find nothing left to do. `inline_callbacks` applies
-before answering (tests). Locks are taken order first, shipments second, inbox rows third.
+`received` and answered in the carrier's acknowledgement format at once; callbacks arriving
+together share one recording transaction (group commit; each is answered after the commit
+holding it). The in-process processor (woken by the insert, never waiting for the sweep)
+then applies them per shipment in order of arrival, marking each `applied` in the
+transaction of its effect: up to `apply_batch_size` shipments per transaction (their rows
+read with one query per table), by `callback_workers` workers (one on SQLite, where the
+single writer makes batches the win; a few on PostgreSQL), never one shipment by two at
+once. A push that arrives before its booking has committed is re-queued by that commit.
+Rows a crash left `received` are applied by the sweep (one process, under the
+"shipments-sweep" lease; it leaves alone what this process's processor has queued); row
+locks make a second processor find nothing left to do. `inline_callbacks` applies before
+answering (tests). Locks are taken orders first (in id order), shipments second, inbox rows
+third.
 
 An order follows its active outbound shipments (`fulfillment_of`): some picked up emits
 `order.partially_shipped`, all picked up moves it to shipped, all delivered to delivered
-and schedules `order.review_requested` (a durable reminder in `order_reminders`).
+and schedules `order.review_requested` (a durable reminder in `order_reminders`). Its stock
+follows in the same transaction (`on_order_change`, as for a status change through the
+API): shipped commits the order's reservations.
 
 The anomaly timer is the shipment row's `due_us`: the earliest time a rule not yet raised
 for it could fire. The sweep asks the database only for due rows, so a restart loses no
@@ -77,8 +86,9 @@ from ordersync.service.carrier_booking import (
     cancel_waybill,
     facts_of,
 )
+from ordersync.service.handlers.inventory import on_order_change
 from ordersync.service.outbox import EventRouter, OutboxEntry
-from ordersync.service.unit_of_work import OrderRepository
+from ordersync.service.unit_of_work import OrderRepository, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +250,18 @@ class ShipmentTx(Protocol):
         now: datetime | None = None,
     ) -> None: ...
 
+    async def prefetch(self, order_ids: Sequence[str], keys: Sequence[tuple[str, str]]) -> None:
+        """Load and lock the orders (in id order), their shipments, the pending callbacks
+        of `keys` and the shipments' raised rules up front (a batch); the methods here
+        then answer from them, and may buffer their writes until commit."""
+        ...
+
+    async def finish_callbacks(
+        self, carrier_id: str, outcomes: Mapping[str, str], shipment_id: str, now: datetime
+    ) -> None:
+        """`finish_callback` for several callbacks of one shipment (outcome per id)."""
+        ...
+
     async def shipment(self, shipment_id: str) -> ShipmentRecord | None:
         """Loaded under lock."""
         ...
@@ -284,6 +306,12 @@ class ShipmentTx(Protocol):
 
     def emit(self, entry: OutboxEntry) -> None: ...
 
+    @property
+    def unit_of_work(self) -> UnitOfWork | None:
+        """The unit of work the transaction rides on (its stock follows the order), or
+        None where there is none (no inventory then)."""
+        ...
+
     async def commit(self) -> None: ...
 
 
@@ -293,6 +321,12 @@ class ShipmentStore(Protocol):
     async def load_order(self, order_id: str) -> Order | None: ...
 
     async def order_of_tracking(self, carrier_id: str, tracking_number: str) -> str | None: ...
+
+    async def orders_of_tracking(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """The order of each known (carrier id, tracking number), in one query."""
+        ...
 
     async def order_of_shipment(self, shipment_id: str) -> str | None: ...
 
@@ -337,6 +371,14 @@ class Carrier:
     carrier_code: str = ""
 
 
+@dataclass(slots=True)
+class _RecordRequest:
+    carrier_id: str
+    items: Sequence[tuple[str, TrackingUpdate]]
+    body: bytes
+    done: asyncio.Future[list[tuple[str, str]]]
+
+
 Send = Callable[[CarrierRequest], Awaitable[CarrierResponse]]
 ReturnHook = Callable[[ShipmentTx, Order, ShipmentRecord, datetime], Awaitable[None]]
 
@@ -365,11 +407,25 @@ class ShipmentService:
     unknown_grace: timedelta = timedelta(minutes=5)
     # Which carrier books an order without a `carrier_id` (service/carrier_booking.py).
     carrier_rules: CarrierRules = field(default_factory=CarrierRules)
+    # Recorded callbacks are applied by this many workers, each taking up to
+    # `apply_batch_size` shipments into one transaction (one commit for all of them). SQLite
+    # has one writer: one worker, batches do the work. PostgreSQL: a few in parallel.
+    callback_workers: int = 1
+    apply_batch_size: int = 64
+    # Callbacks arriving together are recorded in one transaction (group commit: each is
+    # still answered only after the commit that holds it).
+    record_batch: int = 256
     _sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
     _processor: asyncio.Task[None] | None = field(default=None, repr=False)
     _pending: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _inflight: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    # Callbacks this process recorded before their shipment existed (a carrier may push
+    # before the booking that subscribed us has committed): re-queued when it commits.
+    _early: set[tuple[str, str]] = field(default_factory=set, repr=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _stopping: bool = field(default=False, repr=False)
+    _records: list[_RecordRequest] = field(default_factory=list, repr=False)
+    _recorder: asyncio.Task[None] | None = field(default=None, repr=False)
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -404,6 +460,9 @@ class ShipmentService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self._stopping = False
+        recorder = self._recorder
+        if recorder is not None and not recorder.done():  # callbacks being recorded
+            await asyncio.wait({recorder}, timeout=grace)
 
     async def _sweep_forever(self) -> None:
         await self.refresh_open_alerts()
@@ -534,6 +593,7 @@ class ShipmentService:
             await tx.insert_shipment(record, next_due(record, self.rules, set()), now)
             tx.emit(self._entry(SHIPMENT_CREATED, locked, record.view(), now))
             await self._commit(tx)
+        self.shipment_committed(account.carrier_id, result.tracking_number)
         for old in replaced:
             try:
                 await self._cancel_with_carrier(old)
@@ -625,11 +685,9 @@ class ShipmentService:
             return Ack(e.status, ack.content_type, ack.body)
         keys = await self._record(carrier_id, _sources(connector.kind, updates, body), body)
         if self.inline_callbacks:
-            for key in keys:
-                await self.apply_pending(*key)
+            await self.apply_batch(keys)
         elif keys:
-            self._pending.update(keys)
-            self._wakeup.set()
+            self._queue(keys)
         return connector.ack(account)
 
     async def apply_tracking(
@@ -654,100 +712,232 @@ class ShipmentService:
     async def _record(
         self, carrier_id: str, items: Sequence[tuple[str, TrackingUpdate]], body: bytes
     ) -> list[tuple[str, str]]:
-        """Store the callbacks not seen before; their (carrier, tracking number) keys."""
+        """Store the callbacks not seen before; their (carrier, tracking number) keys.
+
+        Concurrent calls share one transaction (group commit): while one commit is under
+        way the next requests queue, and the recorder takes them all in the next one. Each
+        caller resumes only after the commit holding its callbacks."""
+        if self.record_batch <= 1:
+            [keys] = await self._record_many([(carrier_id, items, body)])
+            return keys
+        done: asyncio.Future[list[tuple[str, str]]] = asyncio.get_running_loop().create_future()
+        self._records.append(_RecordRequest(carrier_id, items, body, done))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_queued(), name="carrier-inbox")
+        return await done
+
+    async def _record_queued(self) -> None:
+        while self._records:
+            batch = self._records[: self.record_batch]
+            del self._records[: len(batch)]
+            try:
+                results = await self._record_many([(r.carrier_id, r.items, r.body) for r in batch])
+            except Exception:  # one bad request must not fail the others: each alone
+                log.warning("recording %d carrier callbacks failed", len(batch), exc_info=True)
+                for r in batch:
+                    try:
+                        [keys] = await self._record_many([(r.carrier_id, r.items, r.body)])
+                    except Exception as e:
+                        if not r.done.done():
+                            r.done.set_exception(e)
+                    else:
+                        if not r.done.done():
+                            r.done.set_result(keys)
+                continue
+            for r, keys in zip(batch, results, strict=True):
+                if not r.done.done():  # the caller may have gone (a client disconnect)
+                    r.done.set_result(keys)
+
+    async def _record_many(
+        self, requests: Sequence[tuple[str, Sequence[tuple[str, TrackingUpdate]], bytes]]
+    ) -> list[list[tuple[str, str]]]:
         now = self.clock()
-        keys: dict[tuple[str, str], None] = {}
+        out: list[list[tuple[str, str]]] = []
         async with self.store.transaction() as tx:
-            for source, update in items:
-                doc = orjson.dumps(update_to_dict(update)).decode()
-                if await tx.claim_callback(
-                    carrier_id, source, update.tracking_number, body, now, doc
-                ):
-                    keys[(carrier_id, update.tracking_number)] = None
+            for carrier_id, items, body in requests:
+                keys: dict[tuple[str, str], None] = {}
+                for source, update in items:
+                    doc = orjson.dumps(update_to_dict(update)).decode()
+                    if await tx.claim_callback(
+                        carrier_id, source, update.tracking_number, body, now, doc
+                    ):
+                        keys[(carrier_id, update.tracking_number)] = None
+                out.append(list(keys))
             await self._commit(tx)
-        return list(keys)
+        return out
+
+    def _queue(self, keys: Iterable[tuple[str, str]]) -> None:
+        self._pending.update(keys)
+        self._wakeup.set()
+
+    def shipment_committed(self, carrier_id: str, tracking_number: str) -> None:
+        """A shipment was stored: apply what its carrier pushed before (no sweep wait)."""
+        key = (carrier_id, tracking_number)
+        if key in self._early:
+            self._early.discard(key)
+            if self.inline_callbacks or self._processor is None:
+                return  # the sweep (or the caller) applies it
+            self._queue([key])
 
     async def _process_forever(self) -> None:
-        """Apply what this process just recorded (woken on insert)."""
+        """Apply what this process just recorded (woken on insert), with
+        `callback_workers` workers, each a batch of shipments per transaction."""
+        await asyncio.gather(*(self._apply_worker() for _ in range(max(1, self.callback_workers))))
+
+    def _take(self) -> list[tuple[str, str]]:
+        """The next batch: queued shipments not being applied right now (one shipment is
+        never applied by two workers at once), a fair share of them per worker."""
+        free = sorted(self._pending - self._inflight)
+        if not free:
+            return []
+        share = -(-len(free) // max(1, self.callback_workers))
+        keys = free[: max(1, min(self.apply_batch_size, share))]
+        self._pending.difference_update(keys)
+        self._inflight.update(keys)
+        return keys
+
+    async def _apply_worker(self) -> None:
         while not self._stopping:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            keys, self._pending = self._pending, set()
-            for key in sorted(keys):
-                if self._stopping:
-                    return
-                try:
-                    await self.apply_pending(*key)
-                except Exception:  # left `received`: the sweep applies it later
-                    log.warning("applying callbacks for %s failed", key[0], exc_info=True)
+            keys = self._take()
+            if not keys:
+                self._wakeup.clear()  # no await since _take: no wake can be lost here
+                await self._wakeup.wait()
+                continue
+            try:
+                await self._apply_keys(keys)
+            finally:
+                self._inflight.difference_update(keys)
+                if self._pending:  # some waited while theirs were in flight
+                    self._wakeup.set()
+
+    async def _apply_keys(self, keys: Sequence[tuple[str, str]]) -> int:
+        """Apply in one transaction; if that fails, each shipment alone (one bad shipment
+        must not hold back the others). Returns how many callbacks were applied."""
+        try:
+            return sum(len(o) for o in (await self.apply_batch(keys)).values())
+        except Exception:
+            if len(keys) == 1:  # left `received`: the sweep applies it later
+                log.warning("applying callbacks for %s failed", keys[0][0], exc_info=True)
+                return 0
+        done = 0
+        for key in keys:
+            try:
+                done += len((await self.apply_batch([key])).get(key, {}))
+            except Exception:
+                log.warning("applying callbacks for %s failed", key[0], exc_info=True)
+        return done
 
     async def process_received(self, limit: int = 500) -> int:
         """Apply every callback still `received` (after a crash, or another process's);
-        returns how many were applied. Safe to run in several processes at once."""
+        returns how many were applied. Safe to run in several processes at once.
+        Shipments this process's processor has queued or is applying are left to it."""
+        skip = set(self._inflight)
+        if self._processor is not None:
+            skip |= self._pending
+        keys = [k for k in await self.store.received_callbacks(limit) if k not in skip]
         done = 0
-        for key in await self.store.received_callbacks(limit):
+        size = max(1, self.apply_batch_size)
+        for i in range(0, len(keys), size):
+            batch = [k for k in keys[i : i + size] if k not in self._inflight]
+            self._inflight.update(batch)
             try:
-                done += len(await self.apply_pending(*key))
-            except Exception:
-                log.warning("applying callbacks for %s failed", key[0], exc_info=True)
+                done += await self._apply_keys(batch)
+            finally:
+                self._inflight.difference_update(batch)
         return done
 
     async def apply_pending(self, carrier_id: str, tracking_number: str) -> dict[str, str]:
         """Apply the shipment's recorded callbacks in order of arrival, in one transaction
         that also marks them done (a second processor finds nothing left to do). Returns
         the outcome per callback id."""
-        order_id = await self.store.order_of_tracking(carrier_id, tracking_number)
+        key = (carrier_id, tracking_number)
+        return (await self.apply_batch([key])).get(key, {})
+
+    async def apply_batch(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, str]]:
+        """`apply_pending` for several shipments in ONE transaction (one commit): the
+        outcome per callback id, per shipment."""
+        if not keys:
+            return {}
+        owners = await self.store.orders_of_tracking(keys)
         now = self.clock()
         raised: list[Alert] = []
+        results: dict[tuple[str, str], dict[str, str]] = {}
+        touched = False
         async with self.store.transaction() as tx:
-            # Locks: the order first, then its shipments, then the inbox rows.
-            order = None if order_id is None else await tx.orders.get(order_id)
-            shipments = [] if order is None else await tx.shipments_of_order(order.id)
-            pending = await tx.pending_callbacks(carrier_id, tracking_number)
-            if not pending:
-                return {}
-            record = next(
-                (
-                    r
-                    for r in shipments
-                    if r.shipment.carrier_id == carrier_id
-                    and r.shipment.tracking_number == tracking_number
-                ),
-                None,
-            )
-            if order is None or record is None:
-                # A carrier may push before the booking that subscribed us has committed:
-                # an unknown number waits `unknown_grace` for its shipment (the sweep
-                # retries), then is recorded as unknown.
-                given_up = [c for c, _, at in pending if now - at >= self.unknown_grace]
-                for callback in given_up:
-                    await tx.finish_callback(carrier_id, callback, UNKNOWN, None, now)
+            # Locks: the orders first (in id order: two batches never wait in a cycle),
+            # then their shipments, then the inbox rows.
+            await tx.prefetch(sorted(set(owners.values())), keys)  # one query per table
+            orders: dict[str, Order | None] = {}
+            for owner in sorted(set(owners.values())):
+                orders[owner] = await tx.orders.get(owner)
+            for key in sorted(keys, key=lambda k: (owners.get(k, ""), k)):
+                owner_id = owners.get(key)
+                order = None if owner_id is None else orders.get(owner_id)
+                found = await self._apply_in(tx, key, order, now)
+                if found is None:
+                    continue
+                touched = True
+                results[key], fresh = found
+                raised += fresh
+            if touched:
                 await self._commit(tx)
-                return dict.fromkeys(given_up, UNKNOWN)
-            before = _fulfillment(shipments)
-            sid = record.shipment.shipment_id
-            outcomes: dict[str, str] = {}
-            for callback, doc, _ in pending:
-                outcome = UNREADABLE
-                if doc is not None:
-                    corrections = len(record.shipment.corrections)
-                    result = record.shipment.apply(update_from_dict(orjson.loads(doc)))
-                    changed = bool(result.added) or len(record.shipment.corrections) != corrections
-                    if changed:
-                        tx.emit(self._entry(SHIPMENT_UPDATED, order, record.view(), now))
-                    outcome = "applied" if changed else "unchanged"
-                await tx.finish_callback(carrier_id, callback, outcome, sid, now)
-                outcomes[callback] = outcome
-            # Rules due now fire in the same transaction (a carrier's correction at once).
-            raised = await self._raise_due(tx, order, record, now)
-            if record.active and record.is_return:
-                if self.on_return_update is not None:
-                    await self.on_return_update(tx, order, record, now)
-            elif record.active:
-                await self._drive_order(tx, order, shipments, before, now)
-            await self._commit(tx)
         await self._observe(raised)
-        return outcomes
+        return results
+
+    async def _apply_in(
+        self, tx: ShipmentTx, key: tuple[str, str], order: Order | None, now: datetime
+    ) -> tuple[dict[str, str], list[Alert]] | None:
+        """One shipment's recorded callbacks, in the caller's transaction (None: none)."""
+        carrier_id, tracking_number = key
+        shipments = [] if order is None else await tx.shipments_of_order(order.id)
+        pending = await tx.pending_callbacks(carrier_id, tracking_number)
+        if not pending:
+            return None
+        record = next(
+            (
+                r
+                for r in shipments
+                if r.shipment.carrier_id == carrier_id
+                and r.shipment.tracking_number == tracking_number
+            ),
+            None,
+        )
+        if order is None or record is None:
+            # A carrier may push before the booking that subscribed us has committed:
+            # an unknown number waits `unknown_grace` for its shipment (re-queued when the
+            # booking commits, else the sweep retries), then is recorded as unknown.
+            given_up = [c for c, _, at in pending if now - at >= self.unknown_grace]
+            for callback in given_up:
+                await tx.finish_callback(carrier_id, callback, UNKNOWN, None, now)
+            if len(given_up) < len(pending):
+                self._early.add(key)
+            else:
+                self._early.discard(key)
+            return dict.fromkeys(given_up, UNKNOWN), []
+        before = _fulfillment(shipments)
+        sid = record.shipment.shipment_id
+        outcomes: dict[str, str] = {}
+        for callback, doc, _ in pending:
+            outcome = UNREADABLE
+            if doc is not None:
+                corrections = len(record.shipment.corrections)
+                result = record.shipment.apply(update_from_dict(orjson.loads(doc)))
+                changed = bool(result.added) or len(record.shipment.corrections) != corrections
+                if changed:
+                    tx.emit(self._entry(SHIPMENT_UPDATED, order, record.view(), now))
+                outcome = "applied" if changed else "unchanged"
+            outcomes[callback] = outcome
+        await tx.finish_callbacks(carrier_id, outcomes, sid, now)  # one statement
+        # Rules due now fire in the same transaction (a carrier's correction at once).
+        raised = await self._raise_due(tx, order, record, now)
+        if record.active and record.is_return:
+            if self.on_return_update is not None:
+                await self.on_return_update(tx, order, record, now)
+        elif record.active:
+            await self._drive_order(tx, order, shipments, before, now)
+        return outcomes, raised
 
     async def _drive_order(
         self,
@@ -777,7 +967,13 @@ class ShipmentService:
             except InvalidTransition:
                 log.info("order %s: %s -> %s not allowed", order.id, order.status, target)
                 continue
+            was = (order.status, order.payment_status)
             order.transition_to(target, cause=cause, at=now)
+            # The stock follows in this transaction, as for a status change through the
+            # API: shipping commits the order's reservations (the goods left).
+            uow = tx.unit_of_work
+            if uow is not None:
+                await on_order_change(order, was, uow, cause=cause)
             # Saved per step: each step's events carry the order as of its own version
             # (picked up and delivered in one batch of callbacks are two versions).
             tx.orders.save(order)
@@ -841,15 +1037,19 @@ class ShipmentService:
         reminders due (review requests)."""
         now = now or self.clock()
         raised_now: list[Alert] = []
-        for shipment_id, order_id in await self.store.due_shipments(now, limit):
-            async with self.store.transaction() as tx:
-                order = await tx.orders.get(order_id)
-                record = await tx.shipment(shipment_id)
-                if order is None or record is None:
-                    continue
-                fresh = await self._raise_due(tx, order, record, now)
-                await self._commit(tx)
-            raised_now += fresh
+        due = await self.store.due_shipments(now, limit)
+        size = max(1, self.apply_batch_size)
+        for i in range(0, len(due), size):
+            # A batch of shipments per transaction (one commit: the writer stays free for
+            # callbacks); if that fails, each alone.
+            chunk = due[i : i + size]
+            try:
+                raised_now += await self._raise_due_batch(chunk, now)
+            except Exception:
+                if len(chunk) == 1:
+                    raise
+                for one in chunk:
+                    raised_now += await self._raise_due_batch([one], now)
         await self._observe(raised_now)
         for order_id, kind in await self.store.due_reminders(now, limit):
             async with self.store.transaction() as tx:
@@ -861,6 +1061,19 @@ class ShipmentService:
                     tx.emit(self._review_entry(order, shipments, now))
                 await self._commit(tx)
         return raised_now
+
+    async def _raise_due_batch(self, due: Sequence[tuple[str, str]], now: datetime) -> list[Alert]:
+        raised: list[Alert] = []
+        async with self.store.transaction() as tx:
+            orders = {o: await tx.orders.get(o) for o in sorted({o for _, o in due})}
+            for shipment_id, order_id in sorted(due, key=lambda d: (d[1], d[0])):
+                order = orders.get(order_id)
+                record = await tx.shipment(shipment_id)
+                if order is None or record is None:
+                    continue
+                raised += await self._raise_due(tx, order, record, now)
+            await self._commit(tx)
+        return raised
 
     async def _observe(self, raised: Sequence[Alert]) -> None:
         if self.observer is None or not raised:

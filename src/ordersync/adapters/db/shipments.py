@@ -9,13 +9,13 @@ shipments. Plain SQL that runs unchanged on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersync.adapters.db.database import Database
@@ -31,6 +31,20 @@ _SELECT = "SELECT doc FROM shipments"
 _PENDING = (
     "SELECT callback_id, update_doc, received_us FROM carrier_inbox WHERE carrier_id = :c"
     " AND tracking_number = :t AND outcome = 'received' ORDER BY seq, callback_id"
+)
+_PENDING_MANY = (
+    "SELECT tracking_number, callback_id, update_doc, received_us FROM carrier_inbox"
+    " WHERE carrier_id = :c AND tracking_number IN :t AND outcome = 'received'"
+    " ORDER BY seq, callback_id"
+)
+_UPDATE_SHIPMENT = (
+    "UPDATE shipments SET tracking_number = :tracking_number, status = :status,"
+    " active = :active, picked_up_us = :picked_up_us, due_us = :due_us,"
+    " updated_us = :updated_us, doc = :doc WHERE id = :id"
+)
+_FINISH = (
+    "UPDATE carrier_inbox SET outcome = :o, shipment_id = :s, applied_us = :now"
+    " WHERE carrier_id = :c AND callback_id = :i"
 )
 _SET_ALERT_STATE = {
     "acknowledged": "UPDATE alerts SET state = :state, acknowledged_us = :now WHERE id = :id",
@@ -63,9 +77,72 @@ class SqlShipmentTx:
         self._uow = uow
         self.orders: SqlOrderRepository = uow.orders
         self._lock = "" if uow._c.db.is_sqlite else " FOR UPDATE"
+        # Filled by `prefetch` (a batch of callbacks): rows read in one query each, the
+        # shipment updates and inbox outcomes written with one statement each at commit.
+        self._by_order: dict[str, list[ShipmentRecord]] = {}
+        self._pending: dict[tuple[str, str], list[tuple[str, str | None, datetime]]] = {}
+        self._raised: dict[str, set[str]] = {}
+        self._updates: dict[str, dict[str, Any]] = {}
+        self._finished: list[dict[str, Any]] = []
+        self._prefetched = False
 
     async def _conn(self) -> AsyncConnection:
         return await self._uow._c.get()  # the unit of work's own transaction
+
+    async def prefetch(self, order_ids: Sequence[str], keys: Sequence[tuple[str, str]]) -> None:
+        """Load (and lock, in this order) the orders, their shipments, the keys' pending
+        callbacks and the shipments' raised rules with one query each; until commit, the
+        reads below answer from them and the writes are buffered."""
+        self._prefetched = True
+        conn = await self._conn()
+        ids = sorted(set(order_ids))
+        if ids:
+            stmt = text(
+                f"SELECT doc FROM orders WHERE id IN :ids ORDER BY id{self._lock}"  # noqa: S608
+            ).bindparams(bindparam("ids", expanding=True))
+            for (doc,) in await conn.execute(stmt, {"ids": ids}):
+                order = order_from_dict(orjson.loads(doc))
+                if order.id not in self.orders._by_id:  # loaded before: that one stands
+                    self.orders._remember(order)
+            stmt = text(
+                f"{_SELECT} WHERE order_id IN :ids ORDER BY order_id, booked_us, id{self._lock}"
+            ).bindparams(bindparam("ids", expanding=True))
+            by_order: dict[str, list[ShipmentRecord]] = {i: [] for i in ids}
+            for (doc,) in await conn.execute(stmt, {"ids": ids}):
+                record = ShipmentRecord.from_doc(orjson.loads(doc))
+                by_order.setdefault(record.order_id, []).append(record)
+            self._by_order.update(by_order)
+        by_carrier: dict[str, list[str]] = {}
+        for carrier_id, number in sorted(set(keys)):
+            by_carrier.setdefault(carrier_id, []).append(number)
+            self._pending.setdefault((carrier_id, number), [])
+        for carrier_id, numbers in by_carrier.items():
+            stmt = text(f"{_PENDING_MANY}{self._lock}").bindparams(bindparam("t", expanding=True))
+            for t, i, d, r in await conn.execute(stmt, {"c": carrier_id, "t": numbers}):
+                self._pending[(carrier_id, str(t))].append(
+                    (str(i), None if d is None else str(d), from_us(r))
+                )
+        sids = sorted(r.shipment.shipment_id for rs in self._by_order.values() for r in rs)
+        if sids:
+            stmt = text(
+                "SELECT shipment_id, rule FROM alerts WHERE shipment_id IN :ids"
+            ).bindparams(bindparam("ids", expanding=True))
+            raised: dict[str, set[str]] = {sid: set() for sid in sids}
+            for sid, rule in await conn.execute(stmt, {"ids": sids}):
+                raised.setdefault(str(sid), set()).add(str(rule))
+            self._raised.update(raised)
+
+    async def _flush(self) -> None:
+        """Write what `prefetch` mode buffered (before a read it could change, at commit)."""
+        if not (self._updates or self._finished):
+            return
+        conn = await self._conn()
+        if self._updates:
+            rows, self._updates = list(self._updates.values()), {}
+            await conn.execute(text(_UPDATE_SHIPMENT), rows)
+        if self._finished:
+            rows2, self._finished = self._finished, []
+            await conn.execute(text(_FINISH), rows2)
 
     async def claim_callback(
         self,
@@ -100,6 +177,10 @@ class SqlShipmentTx:
     async def pending_callbacks(
         self, carrier_id: str, tracking_number: str
     ) -> list[tuple[str, str | None, datetime]]:
+        cached = self._pending.pop((carrier_id, tracking_number), None)
+        if cached is not None:
+            return cached
+        await self._flush()
         conn = await self._conn()
         rows = await conn.execute(
             text(f"{_PENDING}{self._lock}"),
@@ -117,10 +198,7 @@ class SqlShipmentTx:
     ) -> None:
         conn = await self._conn()
         await conn.execute(
-            text(
-                "UPDATE carrier_inbox SET outcome = :o, shipment_id = :s, applied_us = :now"
-                " WHERE carrier_id = :c AND callback_id = :i"
-            ),
+            text(_FINISH),
             {
                 "o": outcome,
                 "s": shipment_id,
@@ -130,7 +208,23 @@ class SqlShipmentTx:
             },
         )
 
+    async def finish_callbacks(
+        self, carrier_id: str, outcomes: Mapping[str, str], shipment_id: str, now: datetime
+    ) -> None:
+        rows = [
+            {"o": o, "s": shipment_id, "c": carrier_id, "i": i, "now": to_us(now)}
+            for i, o in outcomes.items()
+        ]
+        if not rows:
+            return
+        if self._prefetched:  # written at commit
+            self._finished += rows
+            return
+        conn = await self._conn()
+        await conn.execute(text(_FINISH), rows)
+
     async def _one(self, where: str, params: dict[str, Any]) -> ShipmentRecord | None:
+        await self._flush()
         conn = await self._conn()
         row = (await conn.execute(text(f"{_SELECT} WHERE {where}{self._lock}"), params)).first()
         return None if row is None else ShipmentRecord.from_doc(orjson.loads(row[0]))
@@ -146,6 +240,10 @@ class SqlShipmentTx:
         )
 
     async def shipments_of_order(self, order_id: str) -> list[ShipmentRecord]:
+        cached = self._by_order.get(order_id)
+        if cached is not None:
+            return cached  # the same records: what this transaction changed is in them
+        await self._flush()
         conn = await self._conn()
         rows = await conn.execute(
             text(f"{_SELECT} WHERE order_id = :o ORDER BY booked_us, id{self._lock}"),
@@ -170,17 +268,17 @@ class SqlShipmentTx:
     async def update_shipment(
         self, record: ShipmentRecord, due: datetime | None, now: datetime
     ) -> None:
+        row = _row(record, due, now)
+        if self._prefetched:  # written at commit (or before a read of shipments)
+            self._updates[row["id"]] = row
+            return
         conn = await self._conn()
-        await conn.execute(
-            text(
-                "UPDATE shipments SET tracking_number = :tracking_number, status = :status,"
-                " active = :active, picked_up_us = :picked_up_us, due_us = :due_us,"
-                " updated_us = :updated_us, doc = :doc WHERE id = :id"
-            ),
-            _row(record, due, now),
-        )
+        await conn.execute(text(_UPDATE_SHIPMENT), row)
 
     async def raised_rules(self, shipment_id: str) -> set[str]:
+        cached = self._raised.get(shipment_id)
+        if cached is not None:
+            return set(cached)
         conn = await self._conn()
         rows = await conn.execute(
             text("SELECT rule FROM alerts WHERE shipment_id = :s"), {"s": shipment_id}
@@ -205,7 +303,10 @@ class SqlShipmentTx:
                 "detail": alert.detail,
             },
         )
-        return bool(getattr(result, "rowcount", 0) == 1)
+        inserted = bool(getattr(result, "rowcount", 0) == 1)
+        if alert.shipment_id in self._raised:
+            self._raised[alert.shipment_id].add(str(alert.kind))
+        return inserted
 
     async def alert(self, alert_id: str) -> dict[str, Any] | None:
         conn = await self._conn()
@@ -256,11 +357,16 @@ class SqlShipmentTx:
         )
         return bool(getattr(result, "rowcount", 0) == 1)
 
+    @property
+    def unit_of_work(self) -> SqlUnitOfWork:
+        return self._uow
+
     def emit(self, entry: OutboxEntry) -> None:
         # Flushed with the orders' own outbox entries at commit (events + deliveries).
         self._uow.orders.outbox.append(entry)
 
     async def commit(self) -> None:
+        await self._flush()
         await self._uow.commit()
 
 
@@ -304,6 +410,25 @@ class SqlShipmentStore:
                 )
             ).first()
         return None if row is None else str(row[0])
+
+    async def orders_of_tracking(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        by_carrier: dict[str, set[str]] = {}
+        for carrier_id, number in keys:
+            by_carrier.setdefault(carrier_id, set()).add(number)
+        found: dict[tuple[str, str], str] = {}
+        if not by_carrier:
+            return found
+        stmt = text(
+            "SELECT tracking_number, order_id FROM shipments"
+            " WHERE carrier_id = :c AND tracking_number IN :numbers"
+        ).bindparams(bindparam("numbers", expanding=True))
+        async with self.db.read() as conn:
+            for carrier_id, numbers in sorted(by_carrier.items()):
+                rows = await conn.execute(stmt, {"c": carrier_id, "numbers": sorted(numbers)})
+                found.update({(carrier_id, str(t)): str(o) for t, o in rows})
+        return found
 
     async def order_of_shipment(self, shipment_id: str) -> str | None:
         async with self.db.read() as conn:
