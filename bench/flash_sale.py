@@ -16,12 +16,19 @@ Buyers are coroutines in this process, each reserving one unit in a loop for `--
 Latency is per reservation, from the call to its commit. Both runs check the result:
 reserved = rows in `reservations` = the ledger's sum. Same run, same machine: compare the
 ratio, the absolute numbers depend on what else the (shared) machine is doing.
+
+CPU per reservation is recorded too, as it says more than a rate on a shared machine:
+`py_us` is this process's CPU (the hub's share, buyers included), `pg_us` the CPU of the
+PostgreSQL backends serving the cell's database (read from /proc, so a local server
+only; polled, so a connection closed between two polls loses up to 0.2 s of its CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -32,12 +39,14 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.common import (
+    CpuMeter,
     create_pg_database,
     describe_machine,
     drop_pg_database,
     machine_info,
     percentile,
     print_table,
+    proc_jiffies,
     uptime,
     write_result,
 )
@@ -161,6 +170,45 @@ async def _check(db: Database) -> dict[str, int]:
     return {"reserved": int(reserved)}
 
 
+class _Backends:
+    """CPU of the PostgreSQL backends serving one database, polled while a cell runs."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.jiffies: dict[int, tuple[int, int]] = {}  # pid -> (at start or 0, last seen)
+        self._started = False
+
+    async def poll(self) -> None:
+        async with self.db.read() as conn:
+            pids = (
+                await conn.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND backend_type = 'client backend'"
+                    )
+                )
+            ).scalars()
+            for pid in pids:
+                now = proc_jiffies(int(pid))
+                # A backend born during the cell spent all its CPU on it.
+                first = self.jiffies.get(pid, (now if not self._started else 0, 0))[0]
+                self.jiffies[pid] = (first, now)
+        self._started = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.poll()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+        await self.poll()
+
+    def seconds(self) -> float:
+        return sum(last - first for first, last in self.jiffies.values()) / _TICK
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
 async def _one(kind: str, mode: str, buyers: int, seconds: float) -> dict[str, Any]:
     pg_name = None
     tmp = tempfile.TemporaryDirectory(prefix="flash-sale-")
@@ -171,9 +219,20 @@ async def _one(kind: str, mode: str, buyers: int, seconds: float) -> dict[str, A
     db = await _prepare(url)
     try:
         run = _batched if mode == "batched" else _naive
-        t0 = time.perf_counter()
+        backends = _Backends(db) if kind == "postgresql" else None
+        stop = asyncio.Event()
+        poller = asyncio.create_task(backends.run(stop)) if backends else None
+        meter = CpuMeter({"self": os.getpid()})
+        meter.start()
+        if backends:
+            await backends.poll()  # the baseline
+        c0, t0 = time.process_time(), time.perf_counter()
         reserved, refused, lat = await run(db, buyers, seconds)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        machine = meter.stop()
+        stop.set()
+        if poller:
+            await poller
         check = await _check(db)
     finally:
         await db.dispose()
@@ -190,6 +249,10 @@ async def _one(kind: str, mode: str, buyers: int, seconds: float) -> dict[str, A
         "per_second": round(reserved / elapsed),
         "p50_ms": round(percentile(lat, 50) * 1000, 1),
         "p99_ms": round(percentile(lat, 99) * 1000, 1),
+        "py_us": round(cpu / max(reserved, 1) * 1e6, 1),
+        "pg_us": round(backends.seconds() / max(reserved, 1) * 1e6, 1) if backends else None,
+        "machine_busy_pct": machine["machine_busy_pct"],
+        "other_cpu_pct": machine["other_cpu_pct"],
         "check": check,
     }
 
@@ -208,7 +271,12 @@ async def main(argv: list[str] | None = None) -> None:
             for mode in ("naive", "batched"):
                 rows.append(await _one(kind, mode, buyers, args.seconds))
                 r = rows[-1]
-                print(f"  {kind} {mode} {buyers} buyers: {r['per_second']}/s", flush=True)
+                print(
+                    f"  {kind} {mode} {buyers} buyers: {r['per_second']}/s,"
+                    f" CPU per reservation: hub {r['py_us']} us, PostgreSQL {r['pg_us']} us;"
+                    f" machine {r['machine_busy_pct']} % busy, {r['other_cpu_pct']} % not ours",
+                    flush=True,
+                )
     table = []
     for kind in args.db.split(","):
         for buyers in (int(b) for b in args.buyers.split(",")):
@@ -225,11 +293,23 @@ async def main(argv: list[str] | None = None) -> None:
                     batched["per_second"],
                     batched["p99_ms"],
                     f"{batched['per_second'] / max(naive['per_second'], 1):.1f}x",
+                    batched["py_us"],
+                    batched["pg_us"] if batched["pg_us"] is not None else "-",
                 ]
             )
     text_table = print_table(
         f"Flash sale: one SKU, reservations/s and p99 ({args.seconds:g} s per cell)",
-        ["db", "buyers", "naive/s", "naive p99 ms", "batched/s", "batched p99 ms", "ratio"],
+        [
+            "db",
+            "buyers",
+            "naive/s",
+            "naive p99 ms",
+            "batched/s",
+            "batched p99 ms",
+            "ratio",
+            "batched hub CPU us/res",
+            "batched PG CPU us/res",
+        ],
         table,
     )
     path = write_result(

@@ -264,11 +264,14 @@ class Inventory:
         """
         picks: list[tuple[StockLevel, int]] = []
         short: list[tuple[str, int, int]] = []
-        for sku, qty in sorted(lines.items()):
+        by_sku = self._by_sku
+        for sku, qty in sorted(lines.items()) if len(lines) > 1 else lines.items():
             if qty <= 0:
                 raise InsufficientStock(f"{sku}: quantity must be positive, got {qty}")
-            candidates = [lv for lv in self.levels_of(sku) if lv.available >= qty]
-            if candidates:
+            candidates = [lv for lv in by_sku.get(sku, ()) if lv.on_hand - lv.reserved >= qty]
+            if len(candidates) == 1:  # one SKU at one location: nothing to rank
+                picks.append((candidates[0], qty))
+            elif candidates:
                 picks.append((_ranked(candidates, self.locations)[0], qty))
             else:
                 short.append((sku, qty, sum(max(lv.available, 0) for lv in self.levels_of(sku))))
@@ -348,7 +351,12 @@ class Inventory:
     ) -> Reservation:
         res = Reservation(new_id(), order_id, level.sku, level.location_id, qty, at, expires_at)
         self._change(level, MovementCause.ORDER, 0, qty, at, order_id, res.id)
-        self.add_reservation(res)
+        if self._indexed == len(self.reservations) and res.id not in self.reservations:
+            self.reservations[res.id] = res  # add_reservation, inlined: once per buyer
+            self._by_order.setdefault(order_id, []).append(res)
+            self._indexed += 1
+        else:
+            self.add_reservation(res)
         self.new_reservations.add(res.id)
         self.new_events.append(
             StockEvent(
@@ -474,11 +482,13 @@ class Inventory:
         reference: str | None,
         reservation_id: str | None = None,
     ) -> None:
-        was_low = level.available <= level.safety_stock
+        was_low = level.on_hand - level.reserved <= level.safety_stock
         entry = level.apply(cause, on_hand_delta, reserved_delta, at, reference, reservation_id)
         self.new_ledger.append(entry)
-        self._mark(level)
-        if not was_low and level.available <= level.safety_stock:
+        key = (level.sku, level.location_id)
+        if key not in self.new_levels:  # _mark, inlined
+            self.dirty_levels.add(key)
+        if not was_low and level.on_hand - level.reserved <= level.safety_stock:
             self.new_events.append(
                 StockEvent(
                     StockEventType.INVENTORY_LOW,

@@ -9,7 +9,9 @@ that the database rolls back: nothing half-reserved survives.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import time
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,7 @@ from ordersync.domain.inventory import (
     StockEventType,
     StockLevel,
 )
-from ordersync.ids import new_id
+from ordersync.ids import encode
 from ordersync.service.outbox import EventRouter, OutboxEntry
 from ordersync.service.unit_of_work import StockRepository, StoredResponse
 
@@ -75,6 +77,98 @@ _SELECT_RES = (
 )
 
 
+# ---- PostgreSQL: the batch path in as few round trips (and as little Python) as it takes
+#
+# A flash-sale batch is two statements besides BEGIN and COMMIT: one locks and reads the
+# batch's held reservations and stock rows, one writes the stock, the reservations, the
+# ledger, the unrouted events and the "stock changed" marker (data-modifying CTEs: one
+# statement, so all or nothing like the rest of the transaction). They go straight to
+# asyncpg inside the unit of work's transaction (SQLAlchemy's per-statement cost is about
+# three times asyncpg's), and each column travels as ONE text parameter (values joined by
+# \x1f, None as \x1e) split by `string_to_array`: asyncpg encodes a text[] element by
+# element through abc isinstance checks, 5x slower for a 256-row batch. A value holding
+# either control character (never in ids, JSON or numbers; conceivable in a SKU) makes
+# that column a typed array instead.
+_SEP, _NUL = "\x1f", "\x1e"
+# `= ANY(CAST((SELECT <array>) AS text[]))`: the list is split once per statement (an
+# InitPlan), whatever plan the server caches for the prepared statement;
+# `ANY(string_to_array($1, ...))` in a sequential scan's filter would split it for every
+# row. (A join with the unnested list let a generic plan made while the table was small
+# walk the whole held index for every batch.)
+_PG_HELD = (
+    "SELECT 1 AS k, id, order_id, sku, location_id, quantity, state, expires_us, created_us,"
+    " NULL::bigint AS v FROM (SELECT * FROM reservations"
+    " WHERE order_id = ANY(CAST((SELECT {a}) AS text[])) AND state = 'held' FOR UPDATE) AS r"
+)
+_PG_STOCK = (
+    "SELECT 0, NULL, NULL, sku, location_id, on_hand, NULL, reserved, safety_stock, version"
+    " FROM (SELECT * FROM stock WHERE sku = ANY(CAST((SELECT {a}) AS text[]))"
+    " ORDER BY sku, location_id FOR UPDATE) AS s"
+)
+
+
+def _param(values: list[Any]) -> str | list[Any]:
+    """One column as one text parameter, or the list itself when that is not safe."""
+    nulls = values.count(None)
+    try:  # the common cases without a Python-level loop: all text, or all numbers
+        if nulls:
+            joined = _SEP.join(
+                [_NUL if v is None else v if isinstance(v, str) else str(v) for v in values]
+            )
+        elif values and isinstance(values[0], str):
+            joined = _SEP.join(values)
+        else:
+            joined = _SEP.join(map(str, values))
+    except TypeError:  # text and numbers mixed
+        joined = _SEP.join([v if isinstance(v, str) else str(v) for v in values])
+    # string_to_array('') is empty: a lone empty string goes as an array
+    if joined and joined.count(_SEP) == len(values) - 1 and joined.count(_NUL) == nulls:
+        return joined
+    return values
+
+
+def _cast(param: str | list[Any], pg_type: str, n: int) -> str:
+    """The SQL array expression of parameter $n made by `_param`."""
+    if isinstance(param, str):
+        arr = f"string_to_array(${n}, E'\\x1f', E'\\x1e')"
+        return arr if pg_type == "text" else f"CAST({arr} AS {pg_type}[])"
+    return f"CAST(${n} AS {pg_type}[])"
+
+
+class _Args:
+    """Numbered parameters of one statement."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def scalar(self, value: Any, pg_type: str) -> str:
+        self.values.append(value)
+        return f"CAST(${len(self.values)} AS {pg_type})"
+
+    def array(self, values: list[Any], pg_type: str) -> str:
+        self.values.append(_param(values))
+        return _cast(self.values[-1], pg_type, len(self.values))
+
+    def unnest(self, columns: Sequence[tuple[list[Any], str]]) -> str:
+        return "unnest(" + ", ".join(self.array(v, t) for v, t in columns) + ")"
+
+
+async def _pg(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn`, inside the unit of work's transaction.
+
+    SQLAlchemy's asyncpg adapter opens the transaction lazily at its first statement; it
+    is opened here when no statement ran yet. Either way the connection must report a
+    transaction before anything is locked or written: never autocommit a stock change."""
+    fairy = await conn.get_raw_connection()
+    adapted: Any = fairy.dbapi_connection
+    if getattr(adapted, "_transaction", None) is None:
+        await adapted._start_transaction()  # private: SQLAlchemy's asyncpg adapter
+    raw = fairy.driver_connection
+    if raw is None or not raw.is_in_transaction():
+        raise RuntimeError("stock statements must run inside the unit of work's transaction")
+    return raw
+
+
 def _reservation(row: Any) -> Reservation:
     return Reservation(
         id=row[0],
@@ -99,7 +193,8 @@ class SqlStockRepository(StockRepository):
         self.policy = policy
         self.inventory = Inventory(policy.locations)
         self._loaded: set[str] = set()
-        self._orders: set[str] = set()
+        self._orders: set[str] = set()  # orders whose held reservations are loaded
+        self._pending: set[str] = set()  # orders to look up with the next query
         self._feed: dict[tuple[str, str], StoredResponse] = {}
         self._fed: set[tuple[str, str]] = set()  # rows a WMS/ERP feed reported (fed_us)
         self._before: dict[str, int] = {}  # SKU -> available everywhere when loaded
@@ -109,53 +204,74 @@ class SqlStockRepository(StockRepository):
 
     async def load(self, skus: Iterable[str]) -> Inventory:
         wanted = sorted(set(skus) - self._loaded)
-        if wanted:
-            conn = await self._c.get()
-            stmt = text(
-                f"{_SELECT_STOCK} WHERE sku IN :skus ORDER BY sku, location_id{self._c.lock_suffix}"
-            ).bindparams(bindparam("skus", expanding=True))
-            for sku, loc, on_hand, reserved, safety, version in await conn.execute(
-                stmt, {"skus": wanted}
-            ):
-                self.inventory.add_level(
-                    StockLevel(sku, loc, int(on_hand), int(reserved), int(safety), int(version))
-                )
-            self._loaded.update(wanted)
-            for sku in wanted:
-                self._before[sku] = sum(lv.available for lv in self.inventory.levels_of(sku))
+        if wanted or self._pending:
+            await self._fetch(wanted)
         return self.inventory
 
     def _remember(self, rows: Iterable[Any]) -> list[Reservation]:
         out = []
+        known = self.inventory.reservations
         for row in rows:
-            res = self.inventory.reservations.get(row[0])
-            if res is None:
-                res = self.inventory.reservations[row[0]] = _reservation(row)
-            out.append(res)
+            res = known.get(row[0])
+            out.append(
+                res if res is not None else self.inventory.add_reservation(_reservation(row))
+            )
         return out
 
     async def held_for_order(self, order_id: str) -> list[Reservation]:
         if order_id not in self._orders:
-            await self.preload_orders([order_id])
+            self._pending.add(order_id)
+            await self._fetch([])
         return self.inventory.held_for(order_id)
 
     async def preload_orders(self, order_ids: Iterable[str]) -> None:
-        wanted = sorted(set(order_ids) - self._orders)
-        if not wanted:
-            return
+        """Deferred: looked up with the next `load` (one round trip on PostgreSQL for the
+        batch's held reservations and its stock rows, both locked)."""
+        self._pending.update(o for o in order_ids if o not in self._orders)
+
+    async def _fetch(self, skus: list[str]) -> None:
+        """Lock and load the pending orders' held reservations, then `skus`' stock rows
+        (reservations first, as an order change does), then any SKU a hold is of."""
+        orders, self._pending = sorted(self._pending), set()
         conn = await self._c.get()
+        held: list[Reservation] = []
+        rows: list[Any] = []
         if self._c.db.is_sqlite:
-            stmt = text(
-                f"{_SELECT_RES} WHERE order_id IN :ids AND state = 'held' ORDER BY id"
-            ).bindparams(bindparam("ids", expanding=True))
-        else:  # one array parameter: one prepared statement whatever the batch size
-            stmt = text(
-                f"{_SELECT_RES} WHERE order_id = ANY(CAST(:ids AS text[])) AND state = 'held'"
-                " FOR UPDATE"
+            if orders:
+                stmt = text(
+                    f"{_SELECT_RES} WHERE order_id IN :ids AND state = 'held' ORDER BY id"
+                ).bindparams(bindparam("ids", expanding=True))
+                held = self._remember(await conn.execute(stmt, {"ids": orders}))
+            if skus:
+                stmt = text(f"{_SELECT_STOCK} WHERE sku IN :skus ORDER BY sku, location_id")
+                rows = list(
+                    await conn.execute(
+                        stmt.bindparams(bindparam("skus", expanding=True)), {"skus": skus}
+                    )
+                )
+        else:  # one statement, one round trip, whatever the batch size
+            pg = await _pg(conn)
+            parts: list[str] = []
+            args = _Args()
+            if orders:
+                parts.append(_PG_HELD.format(a=args.array(orders, "text")))
+            if skus:
+                parts.append(_PG_STOCK.format(a=args.array(skus, "text")))
+            if parts:
+                fetched = await pg.fetch(" UNION ALL ".join(parts), *args.values)
+                held = self._remember(r[1:9] for r in fetched if r[0] == 1)
+                rows = [(r[3], r[4], r[5], r[7], r[8], r[9]) for r in fetched if r[0] == 0]
+        inv = self.inventory
+        for sku, loc, on_hand, reserved, safety, version in rows:
+            inv.add_level(
+                StockLevel(sku, loc, int(on_hand), int(reserved), int(safety), int(version))
             )
-        held = self._remember(await conn.execute(stmt, {"ids": wanted}))
-        self._orders.update(wanted)
-        await self.load(r.sku for r in held)
+        self._orders.update(orders)
+        self._loaded.update(skus)
+        for sku in skus:
+            self._before[sku] = sum(lv.available for lv in inv.levels_of(sku))
+        if held:  # a hold of a SKU this batch did not ask for (a retry, a release)
+            await self.load(r.sku for r in held)
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
         if reservation_id not in self.inventory.reservations:
@@ -193,9 +309,12 @@ class SqlStockRepository(StockRepository):
         self._feed[(source, message_id)] = response
 
     async def flush(self, conn: AsyncConnection, now_us: int) -> list[OutboxEntry]:
-        """Write what changed; returns the stock events for the unit of work's outbox."""
+        """Write what changed; returns the stock events for the unit of work's outbox
+        that someone subscribes to (the unit of work writes those with their deliveries;
+        the others are recorded here)."""
         inv = self.inventory
         ledger, events = inv.take_changes()
+        pg = not self._c.db.is_sqlite
         await routing_store.flush(conn, inv)  # routing decisions commit with their holds
 
         def level_row(key: tuple[str, str]) -> dict[str, Any]:
@@ -216,35 +335,19 @@ class SqlStockRepository(StockRepository):
             " updated_us) VALUES (:sku, :loc, :on_hand, :reserved, :safety, :version, :now)",
             [level_row(k) for k in sorted(inv.new_levels)],
         )
-        await _many(
-            conn,
-            "UPDATE stock SET on_hand = :on_hand, reserved = :reserved, safety_stock = :safety,"
-            " version = :version, updated_us = :now WHERE sku = :sku AND location_id = :loc",
-            [level_row(k) for k in sorted(inv.dirty_levels)],
-        )
+        dirty = [inv.levels[k] for k in sorted(inv.dirty_levels)]
+        if not pg:
+            await _many(
+                conn,
+                "UPDATE stock SET on_hand = :on_hand, reserved = :reserved,"
+                " safety_stock = :safety, version = :version, updated_us = :now"
+                " WHERE sku = :sku AND location_id = :loc",
+                [level_row(k) for k in sorted(inv.dirty_levels)],
+            )
 
-        events = await self._signal_changes(conn, now_us, events)
+        events, changed = await self._signal_changes(conn, now_us, events, markers=not pg)
 
         res = [inv.reservations[rid] for rid in inv.new_reservations]
-        await self._insert(
-            conn,
-            "reservations",
-            _RES_TYPES,
-            [
-                (
-                    r.id,
-                    r.order_id,
-                    r.sku,
-                    r.location_id,
-                    r.quantity,
-                    r.state.value,
-                    to_us(r.expires_at) if r.expires_at else None,
-                    to_us(r.created_at),
-                    now_us,
-                )
-                for r in res
-            ],
-        )
         await _many(
             conn,
             "UPDATE reservations SET state = :state, expires_us = :expires, updated_us = :now"
@@ -257,24 +360,6 @@ class SqlStockRepository(StockRepository):
                     "now": now_us,
                 }
                 for r in (inv.reservations[rid] for rid in inv.dirty_reservations)
-            ],
-        )
-        await self._insert(
-            conn,
-            "stock_ledger",
-            _LEDGER_TYPES,
-            [
-                (
-                    e.sku,
-                    e.location_id,
-                    e.cause.value,
-                    e.on_hand_delta,
-                    e.reserved_delta,
-                    e.reference,
-                    e.reservation_id,
-                    to_us(e.at),
-                )
-                for e in ledger
             ],
         )
         await _many(
@@ -290,26 +375,150 @@ class SqlStockRepository(StockRepository):
             group.clear()
         inv.dirty_reservations.clear()
         self._feed.clear()
-        entries = [self._outbox_entry(e) for e in events]
-        # Events nobody subscribes to are recorded here in one statement; the unit of work
-        # writes the routed ones with their deliveries, as it does for orders.
+
+        res_rows = [
+            (
+                r.id,
+                r.order_id,
+                r.sku,
+                r.location_id,
+                r.quantity,
+                r.state.value,
+                to_us(r.expires_at) if r.expires_at else None,
+                to_us(r.created_at),
+                now_us,
+            )
+            for r in res
+        ]
+        ledger_rows = [
+            (
+                e.sku,
+                e.location_id,
+                e.cause.value,
+                e.on_hand_delta,
+                e.reserved_delta,
+                e.reference,
+                e.reservation_id,
+                to_us(e.at),
+            )
+            for e in ledger
+        ]
+        # Events nobody subscribes to are recorded here; the unit of work writes the
+        # routed ones with their deliveries, as it does for orders.
+        routed: list[OutboxEntry] = []
+        event_rows: list[tuple[str, str, str, bytes]] = []
+        destinations: dict[str, tuple[str, ...]] = {}
+        stamps: dict[datetime, str | None] = {}  # a batch's events share few instants
+        ids = _event_ids(len(events))
+        for e, event_id in zip(events, ids, strict=True):
+            stamp = stamps.get(e.at)
+            if stamp is None:
+                stamp = stamps[e.at] = fmt_time(e.at)
+            kind = e.type.value
+            dest = destinations.get(kind)
+            if dest is None:
+                dest = destinations[kind] = tuple(self._router.destinations_for(kind))
+            key = e.order_id or f"sku:{e.sku}"
+            if dest:
+                routed.append(
+                    OutboxEntry(
+                        event_id=event_id,
+                        type=kind,
+                        order_id=key,
+                        version=0,
+                        body=_event_body(e, stamp),
+                        destinations=self._router.destinations_for(kind),
+                    )
+                )
+            else:
+                event_rows.append((event_id, kind, key, _event_body(e, stamp)))
+
+        if pg:
+            await self._write_pg(conn, now_us, dirty, changed, res_rows, ledger_rows, event_rows)
+            return routed
+        await self._insert(conn, "reservations", _RES_TYPES, res_rows)
+        await self._insert(conn, "stock_ledger", _LEDGER_TYPES, ledger_rows)
         await self._insert(
             conn,
             "events",
             _EVENT_TYPES,
-            [
-                (e.event_id, e.type, e.order_id, e.version, now_us, e.body, now_us)
-                for e in entries
-                if not e.destinations
-            ],
+            [(i, t, o, 0, now_us, body, now_us) for i, t, o, body in event_rows],
         )
-        return [e for e in entries if e.destinations]
+        return routed
+
+    async def _write_pg(
+        self,
+        conn: AsyncConnection,
+        now_us: int,
+        dirty: list[StockLevel],
+        changed: list[str],
+        res_rows: list[tuple[Any, ...]],
+        ledger_rows: list[tuple[Any, ...]],
+        event_rows: list[tuple[str, str, str, bytes]],
+    ) -> None:
+        """The stock rows, "stock changed" markers, reservations, ledger and unrouted
+        events of a batch: one statement (data-modifying CTEs), one round trip."""
+        args = _Args()
+        parts: list[str] = []
+        cols: list[tuple[list[Any], str]]
+        if dirty:
+            cols = [
+                ([lv.sku for lv in dirty], "text"),
+                ([lv.location_id for lv in dirty], "text"),
+                ([lv.on_hand for lv in dirty], "bigint"),
+                ([lv.reserved for lv in dirty], "bigint"),
+                ([lv.safety_stock for lv in dirty], "bigint"),
+                ([lv.version for lv in dirty], "bigint"),
+            ]
+            parts.append(
+                "UPDATE stock AS s SET on_hand = v.on_hand, reserved = v.reserved,"  # noqa: S608 - constants
+                " safety_stock = v.safety, version = v.version,"
+                f" updated_us = {args.scalar(now_us, 'bigint')}"
+                f" FROM {args.unnest(cols)} AS v(sku, loc, on_hand, reserved, safety, version)"
+                " WHERE s.sku = v.sku AND s.location_id = v.loc"
+            )
+        if changed:
+            parts.append(
+                "INSERT INTO stock_dirty (sku, seq, changed_us) SELECT v.sku, 1,"  # noqa: S608 - constants
+                f" {args.scalar(now_us, 'bigint')} FROM {args.unnest([(changed, 'text')])}"
+                " AS v(sku) ON CONFLICT (sku) DO UPDATE SET seq = stock_dirty.seq + 1,"
+                " changed_us = excluded.changed_us"
+            )
+        for table, types, rows in (
+            ("reservations", _RES_TYPES, res_rows),
+            ("stock_ledger", _LEDGER_TYPES, ledger_rows),
+        ):
+            if rows:
+                cols = [([row[i] for row in rows], t) for i, (_, t) in enumerate(types)]
+                names = ", ".join(name for name, _ in types)
+                unnest = args.unnest(cols)
+                parts.append(f"INSERT INTO {table} ({names}) SELECT * FROM {unnest}")  # noqa: S608
+        if event_rows:
+            now = args.scalar(now_us, "bigint")
+            cols = [
+                ([r[0] for r in event_rows], "text"),
+                ([r[1] for r in event_rows], "text"),
+                ([r[2] for r in event_rows], "text"),
+                ([r[3].hex() for r in event_rows], "text"),
+            ]
+            parts.append(
+                "INSERT INTO events (id, type, order_id, order_version, created_us, body,"  # noqa: S608 - constants
+                f" published_us) SELECT v.id, v.type, v.order_id, 0, {now},"
+                f" decode(v.body, 'hex'), {now} FROM {args.unnest(cols)}"
+                " AS v(id, type, order_id, body)"
+            )
+        if not parts:
+            return
+        sql = "WITH " + ", ".join(f"w{i} AS ({p})" for i, p in enumerate(parts)) + " SELECT 1"
+        await (await _pg(conn)).execute(sql, *args.values)
 
     async def _signal_changes(
-        self, conn: AsyncConnection, now_us: int, events: list[StockEvent]
-    ) -> list[StockEvent]:
+        self, conn: AsyncConnection, now_us: int, events: list[StockEvent], *, markers: bool
+    ) -> tuple[list[StockEvent], list[str]]:
         """Feed freshness, the publisher's "stock changed" markers and SKU-wide low-stock
-        alerts, in the transaction of the change (before the change sets are cleared)."""
+        alerts, in the transaction of the change (before the change sets are cleared).
+        Returns the events and the SKUs changed; `markers=False`: the caller writes their
+        markers (the PostgreSQL batch statement)."""
         inv = self.inventory
         changed = sorted({sku for sku, _ in (*inv.new_levels, *inv.dirty_levels, *self._fed)})
         await _many(
@@ -320,16 +529,17 @@ class SqlStockRepository(StockRepository):
         self._fed.clear()
         # One upsert per SKU per batch (not per reservation): the singleton stock publisher
         # deletes a marker only after every channel has the value read after its `seq`.
-        await _many(
-            conn,
-            "INSERT INTO stock_dirty (sku, seq, changed_us) VALUES (:sku, 1, :now)"
-            " ON CONFLICT (sku) DO UPDATE SET seq = stock_dirty.seq + 1,"
-            " changed_us = excluded.changed_us",
-            [{"sku": sku, "now": now_us} for sku in changed],
-        )
+        if markers:
+            await _many(
+                conn,
+                "INSERT INTO stock_dirty (sku, seq, changed_us) VALUES (:sku, 1, :now)"
+                " ON CONFLICT (sku) DO UPDATE SET seq = stock_dirty.seq + 1,"
+                " changed_us = excluded.changed_us",
+                [{"sku": sku, "now": now_us} for sku in changed],
+            )
         threshold = self.low_stock_threshold
         if threshold is None:
-            return events
+            return events, changed
         out = [e for e in events if e.type is not StockEventType.INVENTORY_LOW]
         at = from_us(now_us)
         for sku in changed:
@@ -340,7 +550,7 @@ class SqlStockRepository(StockRepository):
                 out.append(
                     StockEvent(StockEventType.INVENTORY_LOW, sku, None, threshold, after, at)
                 )
-        return out
+        return out, changed
 
     async def _insert(
         self,
@@ -349,45 +559,43 @@ class SqlStockRepository(StockRepository):
         types: tuple[tuple[str, str], ...],
         rows: list[tuple[Any, ...]],
     ) -> None:
-        """Many rows in one statement on PostgreSQL (`unnest` of one array per column:
-        one plan, one round trip); `executemany` on SQLite, where that is already cheap.
-        `table` and `types` are this module's constants, never input (hence the S608 noqa)."""
+        """SQLite: many rows with one driver-level `executemany` (tuples straight to the
+        driver: SQLAlchemy's per-row parameter processing cost more than the insert).
+        PostgreSQL writes these in `_write_pg`. `table` and `types` are this module's
+        constants, never input (hence the S608 noqa)."""
         if not rows:
             return
         cols = ", ".join(name for name, _ in types)
-        if self._c.db.is_sqlite:
-            marks = ", ".join(f":p{i}" for i in range(len(types)))
-            await conn.execute(
-                text(f"INSERT INTO {table} ({cols}) VALUES ({marks})"),  # noqa: S608 - constants
-                [{f"p{i}": v for i, v in enumerate(row)} for row in rows],
-            )
-            return
-        arrays = ", ".join(f"CAST(:p{i} AS {t}[])" for i, (_, t) in enumerate(types))
-        await conn.execute(
-            text(f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays})"),  # noqa: S608
-            {f"p{i}": [row[i] for row in rows] for i in range(len(types))},
+        marks = ", ".join("?" for _ in types)
+        await conn.exec_driver_sql(
+            f"INSERT INTO {table} ({cols}) VALUES ({marks})",  # noqa: S608 - constants
+            rows,
         )
 
-    def _outbox_entry(self, e: StockEvent) -> OutboxEntry:
-        data = {
-            "sku": e.sku,
-            "location_id": e.location_id,
-            "quantity": e.quantity,
-            "available": e.available,
-            "order_id": e.order_id,
-            "cause": e.cause.value if e.cause else None,
+
+def _event_ids(n: int) -> list[str]:
+    """`n` event ids as `new_id("evt")` makes them (one urandom call for them all)."""
+    if n == 0:
+        return []
+    ms, rnd = time.time_ns() // 1_000_000, os.urandom(10 * n)
+    return [f"evt_{encode(ms, rnd[i : i + 10])}" for i in range(0, 10 * n, 10)]
+
+
+def _event_body(e: StockEvent, timestamp: str | None) -> bytes:
+    return orjson.dumps(
+        {
+            "type": e.type.value,
+            "timestamp": timestamp,
+            "data": {
+                "sku": e.sku,
+                "location_id": e.location_id,
+                "quantity": e.quantity,
+                "available": e.available,
+                "order_id": e.order_id,
+                "cause": e.cause.value if e.cause else None,
+            },
         }
-        body = {"type": e.type.value, "timestamp": fmt_time(e.at), "data": data}
-        return OutboxEntry(
-            event_id=new_id("evt"),
-            type=e.type.value,
-            # The delivery ordering key: an order's stock events follow its order events;
-            # a SKU's alerts follow each other.
-            order_id=e.order_id or f"sku:{e.sku}",
-            version=0,
-            body=orjson.dumps(body),
-            destinations=self._router.destinations_for(e.type.value),
-        )
+    )
 
 
 async def _many(conn: AsyncConnection, sql: str, rows: list[dict[str, Any]]) -> None:
