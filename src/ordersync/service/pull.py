@@ -210,8 +210,10 @@ class TokenBucket:
             if now < self._paused_until:
                 await self._sleep(self._paused_until - now)
                 continue
-            if self._tokens >= 1:
-                self._tokens -= 1
+            # Within rounding of a whole token: a clock that moves by exactly the sleep asked
+            # for could otherwise leave 0.999... forever.
+            if self._tokens >= 1 - 1e-9:
+                self._tokens = max(0.0, self._tokens - 1)
                 return
             await self._sleep((1 - self._tokens) / self.rate)
 
