@@ -69,6 +69,18 @@ from ordersync.service.tracking_poll import TrackingPoller, policies_from_config
 log = logging.getLogger(__name__)
 
 
+async def _stop_within(what: str, stopping: Awaitable[None], seconds: float = 15.0) -> None:
+    """Await a component's stop for at most `seconds`, then cancel it and log an error."""
+    task = asyncio.ensure_future(stopping)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        task.result()
+        return
+    log.error("%s did not stop within %.0f s: abandoned", what, seconds)
+    task.cancel()
+    await asyncio.wait({task}, timeout=seconds)
+
+
 def destination_from_config(c: DestinationConfig) -> Destination:
     b = c.retry_backoff
     return Destination(
@@ -261,19 +273,21 @@ class Hub:
     async def stop(self) -> None:
         """Drain: finish queued commands, let in-flight deliveries complete and be recorded."""
         self.running = False
+        # Background jobs keep their work in the database (timers, inbox rows, markers), so
+        # one that does not stop in time is abandoned rather than hold the shutdown forever.
         for singleton in self.singletons:  # stops its work, releases the lease at once
-            await singleton.stop()
+            await _stop_within(f"singleton {singleton.name}", singleton.stop())
         self.singletons = []
         if self.grouping is not None:
-            await self.grouping.stop()
+            await _stop_within("auto-merge", self.grouping.stop())
         await self._stop_pulls()  # a page half-ingested is read again after a restart
         await self.push_fetch.close()
         if self.tracking_poll is not None:
-            await self.tracking_poll.stop()
+            await _stop_within("tracking poll", self.tracking_poll.stop())
         if self.shipments is not None:
-            await self.shipments.stop()
+            await _stop_within("shipments", self.shipments.stop())
         if self.stock_sync is not None:
-            await self.stock_sync.stop()
+            await _stop_within("stock publishing", self.stock_sync.stop())
         await self.bus.stop()
         if self.inventory is not None:
             await self.inventory.stop()
