@@ -197,15 +197,8 @@ class DouyinShop(LoopbackServer):
         self.calls += 1
         params: dict[str, str] = dict(request.query)
         params["param_json"] = (await request.read()).decode("utf-8")
-        if params.get("app_key") != self.app_key:
-            return _error(30001, "app_key不存在", "isv.app-key-invalid")
-        if params.get("method") != SYNC_STOCK_METHOD:
-            return _error(30002, "method不匹配", "isv.method-invalid")
-        if not verify_call(params, self.app_secret):
-            self.forged += 1
-            return _error(30004, "签名校验失败 (sign invalid)", "isv.sign-invalid")
-        if params.get("access_token") != self.access_token:
-            return _error(30005, "access_token已过期", "isv.access-token-expired")
+        if (refused := self._refuse(params, SYNC_STOCK_METHOD)) is not None:
+            return refused
         if self.throttle_next > 0:
             self.throttle_next -= 1
             return _error(50002, "调用频率超限 (rate limit)", "isp.rate-limited")
@@ -230,15 +223,8 @@ class DouyinShop(LoopbackServer):
         company_code, logistics_code) as the JSON body."""
         params: dict[str, str] = dict(request.query)
         params["param_json"] = (await request.read()).decode("utf-8")
-        if params.get("app_key") != self.app_key:
-            return _error(30001, "app_key不存在", "isv.app-key-invalid")
-        if params.get("method") != LOGISTICS_ADD_METHOD:
-            return _error(30002, "method不匹配", "isv.method-invalid")
-        if not verify_call(params, self.app_secret):
-            self.forged += 1
-            return _error(30004, "签名校验失败 (sign invalid)", "isv.sign-invalid")
-        if params.get("access_token") != self.access_token:
-            return _error(30005, "access_token已过期", "isv.access-token-expired")
+        if (refused := self._refuse(params, LOGISTICS_ADD_METHOD)) is not None:
+            return refused
         if self.writebacks.should_fail():
             return web.Response(status=500, text="Internal Server Error")
         try:
@@ -285,15 +271,8 @@ class DouyinShop(LoopbackServer):
         params: dict[str, str] = dict(request.query)
         if request.method == "POST":
             params.update({k: str(v) for k, v in (await request.post()).items()})
-        if params.get("app_key") != self.app_key:
-            return _error(30001, "app_key不存在", "isv.app-key-invalid")
-        if params.get("method") != SEARCH_METHOD:
-            return _error(30002, "method不匹配", "isv.method-invalid")
-        if not verify_call(params, self.app_secret):
-            self.forged += 1
-            return _error(30004, "签名校验失败 (sign invalid)", "isv.sign-invalid")
-        if params.get("access_token") != self.access_token:
-            return _error(30005, "access_token已过期", "isv.access-token-expired")
+        if (refused := self._refuse(params, SEARCH_METHOD)) is not None:
+            return refused
         if self.throttle_next > 0:
             self.throttle_next -= 1
             return _error(50002, "调用频率超限 (rate limit)", "isp.rate-limited")
@@ -314,6 +293,19 @@ class DouyinShop(LoopbackServer):
         part = chosen[page * size : (page + 1) * size]
         data = {"shop_order_list": part, "page": page, "size": size, "total": len(chosen)}
         return _json({"code": OK, "msg": "success", "data": data, "log_id": "sim"})
+
+    def _refuse(self, params: dict[str, str], method: str) -> web.Response | None:
+        """The platform's checks of a signed call, in its order: app, method, sign, token."""
+        if params.get("app_key") != self.app_key:
+            return _error(30001, "app_key不存在", "isv.app-key-invalid")
+        if params.get("method") != method:
+            return _error(30002, "method不匹配", "isv.method-invalid")
+        if not verify_call(params, self.app_secret):
+            self.forged += 1
+            return _error(30004, "签名校验失败 (sign invalid)", "isv.sign-invalid")
+        if params.get("access_token") != self.access_token:
+            return _error(30005, "access_token已过期", "isv.access-token-expired")
+        return None
 
 
 def _error(code: int, msg: str, sub_code: str) -> web.Response:
