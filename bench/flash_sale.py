@@ -52,7 +52,7 @@ from bench.common import (
 )
 from ordersync.adapters.db import migrate
 from ordersync.adapters.db.database import Database
-from ordersync.adapters.db.inventory import SqlInventoryStore
+from ordersync.adapters.db.inventory import SqlInventoryStore, sql_carrying
 from ordersync.adapters.db.unit_of_work import SqlUnitOfWork
 from ordersync.clock import to_us, utcnow
 from ordersync.domain.inventory import InventoryPolicy, Location, LocationKind
@@ -63,6 +63,7 @@ from ordersync.service.outbox import EventRouter
 
 SKU, LOCATION = "FLASH-TEAPOT", "berlin-dc"
 STOCK = 10**9  # never sold out: we measure the rate, not the end of the sale
+PIPELINE = os.environ.get("ORDERSYNC_BENCH_PIPELINE", "1") != "0"
 NAIVE_POOL = 16  # connections (x2 with overflow) for the naive run on PostgreSQL
 
 Reserve = Callable[[int, int], Awaitable[bool]]
@@ -112,6 +113,9 @@ async def _batched(db: Database, buyers: int, seconds: float) -> tuple[int, int,
         SqlInventoryStore(db),
         writers=1 if db.is_sqlite else 8,
         max_batch=512,
+        carrying=None
+        if db.is_sqlite or not PIPELINE
+        else sql_carrying(lambda c: SqlUnitOfWork(db, router, inventory=policy, stock_carry=c)),
     )
     await service.start(sweep=False)
     try:

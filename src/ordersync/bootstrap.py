@@ -20,7 +20,7 @@ from ordersync.adapters.db import migrate
 from ordersync.adapters.db.carrier_rules import SqlOverrideStore, SqlPollStore
 from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.deliveries import SqlDeliveryStore
-from ordersync.adapters.db.inventory import SqlInventoryStore
+from ordersync.adapters.db.inventory import SqlInventoryStore, StockCarry, sql_carrying
 from ordersync.adapters.db.lanes import SqlLaneStore
 from ordersync.adapters.db.pull_cursors import SqlCursorStore
 from ordersync.adapters.db.relay import SqlRelayStore
@@ -408,8 +408,8 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
 
     holds = hold_policy(settings)
 
-    def uow() -> SqlUnitOfWork:
-        u = SqlUnitOfWork(db, router, relay=relayed, inventory=policy)
+    def uow(carry: StockCarry | None = None) -> SqlUnitOfWork:
+        u = SqlUnitOfWork(db, router, relay=relayed, inventory=policy, stock_carry=carry)
         u.holds = holds
         if u.stock is not None:
             u.stock.low_stock_threshold = settings.inventory.low_stock_threshold
@@ -431,6 +431,7 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
             writers=inv.writers or (1 if db.is_sqlite else 8),
             max_batch=inv.max_batch,
             expiry_interval=inv.expiry_interval,
+            carrying=sql_carrying(uow) if inv.pipeline and not db.is_sqlite else None,
         )
     shipments = None
     if settings.carriers:

@@ -557,6 +557,9 @@ class InventoryConfig(_Model):
     expiry_interval: float = Field(default=1.0, gt=0)  # seconds between timer sweeps
     writers: int | None = Field(default=None, ge=1, le=64)  # None: 1 on SQLite, 8 otherwise
     max_batch: int = Field(default=512, ge=1, le=10_000)  # reservations per transaction
+    # PostgreSQL: a SKU's writer decides its next batch of reservations while the last one
+    # commits, from the state that one left (guarded by the row's version: ADR 10).
+    pipeline: bool = True
     # inventory.low fires when a SKU's available across all locations falls to or below
     # this (once per crossing). None: per location, when available reaches its safety stock.
     low_stock_threshold: int | None = Field(default=None, ge=0)

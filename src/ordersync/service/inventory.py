@@ -24,6 +24,7 @@ from ordersync.domain import stock_commands as sc
 from ordersync.domain.inventory import InventoryPolicy, Location
 from ordersync.service.handlers.inventory import INVENTORY_HANDLERS, preload_stock
 from ordersync.service.messagebus import MessageBus
+from ordersync.service.pipeline import Carrying, PipelinedBus
 from ordersync.service.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,12 @@ class InventoryStore(Protocol):
     async def sync_locations(self, locations: Iterable[Location], now: datetime) -> None: ...
 
     async def due_reservations(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...
+
+
+def _carried(cmd: Any) -> bool:
+    """Commands a pipelined writer may decide from a carried-over state: reservations
+    only (they add holds; releases and feeds change rows the carry may not know)."""
+    return type(cmd) is sc.ReserveStock
 
 
 class InventoryService:
@@ -46,15 +53,22 @@ class InventoryService:
         max_batch: int = 512,
         expiry_interval: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
+        carrying: Carrying | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
-        self.bus = MessageBus(
-            uow_factory,
-            writers=writers,
-            max_batch=max_batch,
-            handlers=INVENTORY_HANDLERS,
-            before_batch=preload_stock,
+        kw: dict[str, Any] = {
+            "writers": writers,
+            "max_batch": max_batch,
+            "handlers": INVENTORY_HANDLERS,
+            "before_batch": preload_stock,
+        }
+        # `carrying` (PostgreSQL): a SKU's writer decides the next batch of reservations
+        # while the previous one commits (service/pipeline.py, ADR 10).
+        self.bus: MessageBus = (
+            MessageBus(uow_factory, **kw)
+            if carrying is None
+            else PipelinedBus(uow_factory, carrying=carrying, eligible=_carried, **kw)
         )
         self._interval = expiry_interval
         self._clock = clock

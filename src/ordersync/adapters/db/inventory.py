@@ -9,9 +9,11 @@ that the database rolls back: nothing half-reserved survives.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +37,11 @@ from ordersync.domain.inventory import (
 )
 from ordersync.ids import encode
 from ordersync.service.outbox import EventRouter, OutboxEntry
+from ordersync.service.pipeline import Carrying
 from ordersync.service.unit_of_work import StockRepository, StoredResponse
 
 if TYPE_CHECKING:
-    from ordersync.adapters.db.unit_of_work import _Conn
+    from ordersync.adapters.db.unit_of_work import SqlUnitOfWork, _Conn
 
 _RES_TYPES = (
     ("id", "text"),
@@ -169,6 +172,36 @@ async def _pg(conn: AsyncConnection) -> Any:
     return raw
 
 
+class StaleStock(Exception):
+    """A stock row changed under a batch computed from a carried-over state (ADR 10):
+    nothing of the batch was written; it is computed again from locked rows."""
+
+
+@dataclass(slots=True)
+class StockCarry:
+    """What a pipelined writer knows after its last batch, before that batch commits.
+
+    The next batch starts from these levels instead of reading (and locking) the rows, so
+    its Python work overlaps the previous commit; its stock UPDATE is guarded by the
+    version it expects, which only holds once the previous batch committed (ADR 10).
+    `reservations` are the holds of batches not known to be committed when the next
+    batch read the database (seq -> holds), so asking twice for one order still finds
+    its hold while that is in flight."""
+
+    levels: dict[tuple[str, str], StockLevel]
+    before: dict[str, int]
+    reservations: dict[int, list[Reservation]] = field(default_factory=dict)
+
+    def visible_after(self, committed: int) -> StockCarry:
+        """The same carry, without holds of batches committed up to `committed` (the
+        database shows them to the next batch's read)."""
+        return StockCarry(
+            self.levels,
+            self.before,
+            {seq: held for seq, held in self.reservations.items() if seq > committed},
+        )
+
+
 def _reservation(row: Any) -> Reservation:
     return Reservation(
         id=row[0],
@@ -187,7 +220,13 @@ class SqlStockRepository(StockRepository):
     # this, instead of per location at its safety stock.
     low_stock_threshold: int | None = None
 
-    def __init__(self, c: _Conn, router: EventRouter, policy: InventoryPolicy) -> None:
+    def __init__(
+        self,
+        c: _Conn,
+        router: EventRouter,
+        policy: InventoryPolicy,
+        carry: StockCarry | None = None,
+    ) -> None:
         self._c = c  # the unit of work's lazily opened write transaction
         self._router = router
         self.policy = policy
@@ -198,6 +237,32 @@ class SqlStockRepository(StockRepository):
         self._feed: dict[tuple[str, str], StoredResponse] = {}
         self._fed: set[tuple[str, str]] = set()  # rows a WMS/ERP feed reported (fed_us)
         self._before: dict[str, int] = {}  # SKU -> available everywhere when loaded
+        # (sku, location) -> the version the database must still have when this batch
+        # writes the row: what was read under lock, or what a carried-over state expects.
+        self._expect: dict[tuple[str, str], int] = {}
+        self._carried: dict[int, list[Reservation]] = {}
+        if carry is not None:
+            inv = self.inventory
+            for key, level in carry.levels.items():
+                inv.add_level(dataclasses.replace(level))
+                self._expect[key] = level.version
+                self._loaded.add(level.sku)
+            self._before.update(carry.before)
+            self._carried = carry.reservations
+            for held in carry.reservations.values():
+                for res in held:
+                    inv.add_reservation(res)
+
+    def carry_over(self, seq: int) -> StockCarry:
+        """The state after this batch's changes, for the next batch of a pipelined writer
+        (before `flush`, which forgets what is new). Levels are copied when the next unit
+        of work starts, so this batch's flush writes exactly what it decided."""
+        inv = self.inventory
+        reservations = dict(self._carried)
+        if inv.new_reservations:
+            reservations[seq] = [inv.reservations[rid] for rid in inv.new_reservations]
+        before = {sku: sum(lv.available for lv in inv.levels_of(sku)) for sku in self._loaded}
+        return StockCarry(dict(inv.levels), before, reservations)
 
     def mark_fed(self, sku: str, location_id: str) -> None:
         self._fed.add((sku, location_id))
@@ -266,6 +331,7 @@ class SqlStockRepository(StockRepository):
             inv.add_level(
                 StockLevel(sku, loc, int(on_hand), int(reserved), int(safety), int(version))
             )
+            self._expect[(sku, loc)] = int(version)
         self._orders.update(orders)
         self._loaded.update(skus)
         for sku in skus:
@@ -335,6 +401,8 @@ class SqlStockRepository(StockRepository):
             " updated_us) VALUES (:sku, :loc, :on_hand, :reserved, :safety, :version, :now)",
             [level_row(k) for k in sorted(inv.new_levels)],
         )
+        for new in inv.new_levels:
+            self._expect[new] = inv.levels[new].version
         dirty = [inv.levels[k] for k in sorted(inv.dirty_levels)]
         if not pg:
             await _many(
@@ -462,6 +530,7 @@ class SqlStockRepository(StockRepository):
         parts: list[str] = []
         cols: list[tuple[list[Any], str]]
         if dirty:
+            expect = self._expect
             cols = [
                 ([lv.sku for lv in dirty], "text"),
                 ([lv.location_id for lv in dirty], "text"),
@@ -469,13 +538,18 @@ class SqlStockRepository(StockRepository):
                 ([lv.reserved for lv in dirty], "bigint"),
                 ([lv.safety_stock for lv in dirty], "bigint"),
                 ([lv.version for lv in dirty], "bigint"),
+                ([expect[(lv.sku, lv.location_id)] for lv in dirty], "bigint"),
             ]
+            # Guarded by the version this batch started from: under the row lock it always
+            # holds; from a carried-over state only once the previous batch committed.
             parts.append(
                 "UPDATE stock AS s SET on_hand = v.on_hand, reserved = v.reserved,"  # noqa: S608 - constants
                 " safety_stock = v.safety, version = v.version,"
                 f" updated_us = {args.scalar(now_us, 'bigint')}"
-                f" FROM {args.unnest(cols)} AS v(sku, loc, on_hand, reserved, safety, version)"
-                " WHERE s.sku = v.sku AND s.location_id = v.loc"
+                f" FROM {args.unnest(cols)}"
+                " AS v(sku, loc, on_hand, reserved, safety, version, expected)"
+                " WHERE s.sku = v.sku AND s.location_id = v.loc AND s.version = v.expected"
+                " RETURNING 1"
             )
         if changed:
             parts.append(
@@ -509,8 +583,13 @@ class SqlStockRepository(StockRepository):
             )
         if not parts:
             return
-        sql = "WITH " + ", ".join(f"w{i} AS ({p})" for i, p in enumerate(parts)) + " SELECT 1"
-        await (await _pg(conn)).execute(sql, *args.values)
+        tail = " SELECT (SELECT count(*) FROM w0)" if dirty else " SELECT 0"
+        sql = "WITH " + ", ".join(f"w{i} AS ({p})" for i, p in enumerate(parts)) + tail
+        written = await (await _pg(conn)).fetchval(sql, *args.values)
+        if written != len(dirty):
+            raise StaleStock(f"{len(dirty) - written} stock row(s) changed under this batch")
+        for lv in dirty:  # the next write in this transaction starts from these
+            self._expect[(lv.sku, lv.location_id)] = lv.version
 
     async def _signal_changes(
         self, conn: AsyncConnection, now_us: int, events: list[StockEvent], *, markers: bool
@@ -705,3 +784,17 @@ class SqlInventoryStore:
         async with self.db.read() as conn:
             rows = await conn.execute(text("SELECT sku, location_id, on_hand, reserved FROM stock"))
             return {(r[0], r[1]): (int(r[2]), int(r[3])) for r in rows}
+
+
+def sql_carrying(factory: Callable[[StockCarry | None], SqlUnitOfWork]) -> Carrying:
+    """The pipelined inventory writer's hooks on PostgreSQL (ADR 10). `factory(carry)`
+    makes the hub's unit of work, its stock starting from `carry` when one is given."""
+
+    def carry_of(uow: Any, seq: int) -> StockCarry:
+        stock: SqlStockRepository = uow.stock
+        return stock.carry_over(seq)
+
+    def prune(carry: StockCarry, committed: int) -> StockCarry:
+        return carry.visible_after(committed)
+
+    return Carrying(factory, carry_of, prune)

@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
 from ordersync.adapters.db.database import Database
-from ordersync.adapters.db.inventory import SqlStockRepository
+from ordersync.adapters.db.inventory import SqlStockRepository, StockCarry
 from ordersync.clock import to_us, utcnow
 from ordersync.domain.codec import order_from_dict
 from ordersync.domain.inventory import InventoryPolicy
@@ -166,6 +166,7 @@ class SqlUnitOfWork(UnitOfWork):
         *,
         relay: bool = False,
         inventory: InventoryPolicy | None = None,
+        stock_carry: StockCarry | None = None,
     ) -> None:
         self._c = _Conn(db)
         self._relay = relay
@@ -174,7 +175,9 @@ class SqlUnitOfWork(UnitOfWork):
         self.inbox: SqlInbox = SqlInbox(self._c)
         self.idempotency: SqlIdempotencyStore = SqlIdempotencyStore(self._c)
         if inventory is not None:
-            self.stock: SqlStockRepository | None = SqlStockRepository(self._c, router, inventory)
+            self.stock: SqlStockRepository | None = SqlStockRepository(
+                self._c, router, inventory, stock_carry
+            )
         # Deliveries created by the last commit, per destination (wakes the dispatcher).
         self.committed_destinations: set[str] = set()
 
