@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
+from ordersync.adapters.db.buyer_fingerprints import FingerprintDigest, SqlBuyerFingerprints
 from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.inventory import SqlStockRepository
 from ordersync.clock import to_us, utcnow
@@ -166,6 +167,7 @@ class SqlUnitOfWork(UnitOfWork):
         *,
         relay: bool = False,
         inventory: InventoryPolicy | None = None,
+        fingerprints: FingerprintDigest | None = None,
     ) -> None:
         self._c = _Conn(db)
         self._relay = relay
@@ -175,6 +177,8 @@ class SqlUnitOfWork(UnitOfWork):
         self.idempotency: SqlIdempotencyStore = SqlIdempotencyStore(self._c)
         if inventory is not None:
             self.stock: SqlStockRepository | None = SqlStockRepository(self._c, router, inventory)
+        if fingerprints is not None:  # a fraud burst rule is configured
+            self.fingerprints = SqlBuyerFingerprints(self._c, fingerprints)
         # Deliveries created by the last commit, per destination (wakes the dispatcher).
         self.committed_destinations: set[str] = set()
 
