@@ -17,6 +17,7 @@ from ordersync.adapters.carriers.http import CarrierHttp
 from ordersync.adapters.channels.pulling import HttpFetch, puller_for
 from ordersync.adapters.channels.stock_sync import stock_sync_from_settings
 from ordersync.adapters.db import migrate
+from ordersync.adapters.db.buyer_fingerprints import FingerprintDigest
 from ordersync.adapters.db.carrier_rules import SqlOverrideStore, SqlPollStore
 from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.deliveries import SqlDeliveryStore
@@ -407,9 +408,17 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
     policy = inventory_policy(settings)
 
     holds = hold_policy(settings)
+    fingerprints = buyer_fingerprints(settings, holds)
 
     def uow(carry: StockCarry | None = None) -> SqlUnitOfWork:
-        u = SqlUnitOfWork(db, router, relay=relayed, inventory=policy, stock_carry=carry)
+        u = SqlUnitOfWork(
+            db,
+            router,
+            relay=relayed,
+            inventory=policy,
+            fingerprints=fingerprints,
+            stock_carry=carry,
+        )
         u.holds = holds
         if u.stock is not None:
             u.stock.low_stock_threshold = settings.inventory.low_stock_threshold
@@ -592,3 +601,13 @@ def hold_policy(settings: Settings) -> HoldPolicy | None:
     if h.stock_shortage:
         rules.append(StockShortage())
     return HoldPolicy(tuple(rules))
+
+
+def buyer_fingerprints(settings: Settings, holds: HoldPolicy | None) -> FingerprintDigest | None:
+    """The digest of buyer fingerprints when a fraud burst rule counts them; else None,
+    and orders record and query nothing for it."""
+    if holds is None or holds.burst_window is None or settings.holds is None:
+        return None
+    fraud = settings.holds.suspected_fraud
+    key = fraud.fingerprint_key if fraud is not None else None
+    return FingerprintDigest(key.get_secret_value().encode() if key is not None else None)

@@ -516,12 +516,26 @@ class RoutingConfig(_Model):
 
 
 class FraudConfig(_Model):
-    # NOTE: the burst rules (per address, per phone) need the buyer's recent orders, which
-    # the order flow does not load yet: today only `country_mismatch` can fire.
+    """`suspected_fraud` (domain/holds.py): more than `max_orders_per_address` (or
+    `..._per_phone`) orders, this one included, placed within `window_hours` to one
+    normalized shipping address (from one phone), or billing and shipping countries that
+    differ. A limit of null is not checked. Each order's address and phone are kept as
+    keyed hashes (HMAC-SHA256 under `fingerprint_key`, e.g. `env:ORDERSYNC_FINGERPRINT_KEY`;
+    without one plain SHA-256, which a list of phone numbers can be matched against).
+    Changing the key restarts the counts. The hold is released by a person (the API)."""
+
     window_hours: float = Field(default=24.0, gt=0)
-    max_orders_per_address: int = Field(default=3, ge=1)
-    max_orders_per_phone: int = Field(default=3, ge=1)
+    max_orders_per_address: int | None = Field(default=3, ge=1)
+    max_orders_per_phone: int | None = Field(default=3, ge=1)
     country_mismatch: bool = True  # billing and shipping countries differ
+    fingerprint_key: SecretStr | None = None
+
+    @field_validator("fingerprint_key")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (a random secret)")
+        return v
 
 
 class HoldsConfig(_Model):

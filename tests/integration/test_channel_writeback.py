@@ -11,18 +11,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from ordersync.adapters.channels import writeback as wb
 from ordersync.adapters.destinations.channel_writeback import WritebackHttp
 from ordersync.bootstrap import Hub, build_hub
-from ordersync.config import CarrierConfig, ChannelConfig, settings_from_mapping
+from ordersync.config import (
+    CarrierConfig,
+    ChannelConfig,
+    DouyinChannel,
+    ShopifyChannel,
+    TaobaoChannel,
+    settings_from_mapping,
+)
+from ordersync.ids import new_id
+from ordersync.service.outbox import OutboxEntry
 from ordersync.simulators.carriers import CarrierSimulator
 from ordersync.simulators.douyin_shop import DouyinShop
+from ordersync.simulators.douyin_shop import make_order as make_douyin_order
 from ordersync.simulators.jd_jos import JosGateway
 from ordersync.simulators.server import LoopbackServer
 from ordersync.simulators.shopify_admin import ShopifyAdmin
-from ordersync.simulators.taobao_top import TopGateway
+from ordersync.simulators.taobao_top import TopGateway, make_trade
 from ordersync.simulators.woocommerce_store import WooStore
 from ordersync.simulators.writebacks import WriteBack, WritebackDesk
 
@@ -298,6 +309,260 @@ async def test_a_write_back_the_platform_refuses_is_dead_lettered_then_replayed(
     ]
 
 
+# ---- the hard cases: a lost answer, a waybill from elsewhere ----------------------------
+
+
+@pytest.mark.parametrize("kind", ["taobao", "jd", "douyin", "shopify"])
+async def test_a_write_back_whose_answer_was_lost_succeeds_on_retry(
+    kind: str, start_world: StartWorld, settle: Settle
+) -> None:
+    """The platform shipped the order but its answer never arrived: the retry is refused as
+    already shipped, finds our waybill recorded there, and counts as done (once)."""
+    w = await start_world(kind)
+    w.platform.desk.lose_next = 1
+    order_id, external_id = await channel_order(w)
+
+    booked = await book(w, order_id)
+    await settle(w.api)
+
+    assert w.platform.desk.received == [
+        WriteBack(external_id, COMPANY[kind], booked["tracking_number"])
+    ]
+    [delivery] = await writeback_deliveries(w, order_id)
+    assert (delivery["state"], delivery["attempts"]) == ("succeeded", 2)
+
+
+@pytest.mark.parametrize("kind", ["taobao", "jd", "douyin"])
+async def test_an_order_shipped_outside_the_hub_is_dead_lettered_naming_both_waybills(
+    kind: str, start_world: StartWorld, settle: Settle
+) -> None:
+    """The merchant shipped it in the platform's backend with another waybill: not ours, so
+    not a success, and no retry will change that; the error names both numbers."""
+    w = await start_world(kind)
+    order_id, external_id = await channel_order(w)
+    ship_elsewhere(w.platform, external_id, "ZT7300000001")
+
+    booked = await book(w, order_id)
+    await settle(w.api)
+
+    [dead] = await writeback_deliveries(w, order_id)
+    assert (dead["state"], dead["attempts"]) == ("dead", 1)
+    assert "already shipped with waybill ZT7300000001" in dead["last_error"]
+    assert f"not ours ({booked['tracking_number']})" in dead["last_error"]
+    assert w.platform.desk.received == []
+
+
+def ship_elsewhere(p: Platform, external_id: str, waybill: str) -> None:
+    sim = p.sim
+    if isinstance(sim, TopGateway | JosGateway):
+        sim.ship_elsewhere(int(external_id), waybill)
+    else:
+        assert isinstance(sim, DouyinShop)
+        sim.ship_elsewhere(external_id, waybill)
+
+
+# ---- parcels and re-bookings -----------------------------------------------------------
+#
+# service/shipments.py does not (yet) put a parcel's `lines`, `completes_order` or the
+# `replaces` of a re-booking into `shipment.created`; `emit_shipment` stands in for it,
+# committing the event through the shipments store exactly as a booking does, so the
+# router, the outbox, the per-order lane, the database and the write-back run for real.
+
+
+async def emit_shipment(w: World, order_id: str, **data: Any) -> None:
+    shipments = w.hub.shipments
+    assert shipments is not None
+    async with shipments.store.transaction() as tx:
+        order = await tx.orders.get(order_id)
+        assert order is not None
+        body = {
+            "channel_id": order.channel_id,
+            "external_id": order.external_id,
+            "id": new_id("shp"),
+            "order_id": order_id,
+            "carrier_id": CARRIER_ID,
+            "carrier_code": "SF",
+            **data,
+        }
+        event = {"type": "shipment.created", "timestamp": "2026-11-28T06:00:00Z", "data": body}
+        tx.emit(
+            OutboxEntry(
+                new_id("evt"),
+                "shipment.created",
+                order.id,
+                order.version,
+                orjson.dumps(event),
+                shipments.router.destinations_for("shipment.created", order.channel_id),
+            )
+        )
+        await tx.commit()
+
+
+def two_line_order(p: Platform) -> tuple[str, list[tuple[str, int, str]]]:
+    """An order of two lines on the platform: its id, and (line id, quantity, sku) each."""
+    sim = p.sim
+    if isinstance(sim, ShopifyAdmin):
+        order = sim.create(
+            line_items=[
+                {"id": 7001, "sku": "BLUE-TEAPOT", "quantity": 1},
+                {"id": 7002, "sku": "MATCHA-WHISK", "quantity": 2},
+            ]
+        )
+        return str(order["id"]), [("7001", 1, "BLUE-TEAPOT"), ("7002", 2, "MATCHA-WHISK")]
+    if isinstance(sim, TopGateway):
+        tid = 4_611_686_018_427_390_001
+        subs = [
+            {"oid": tid + 1, "num": 1, "payment": "88.00", "outer_sku_id": "BLUE-TEAPOT"},
+            {"oid": tid + 2, "num": 2, "payment": "24.00", "outer_sku_id": "MATCHA-WHISK"},
+        ]
+        sim.put(make_trade(tid, BOOKED, subs=subs))
+        return str(tid), [(str(tid + 1), 1, "BLUE-TEAPOT"), (str(tid + 2), 2, "MATCHA-WHISK")]
+    if isinstance(sim, DouyinShop):
+        oid = 6_920_000_000_000_090_001
+        skus = [
+            {"order_id": str(oid + 1), "code": "BLUE-TEAPOT", "item_num": 1, "pay_amount": 8800},
+            {"order_id": str(oid + 2), "code": "MATCHA-WHISK", "item_num": 2, "pay_amount": 2400},
+        ]
+        sim.put(make_douyin_order(oid, BOOKED, skus=skus))
+        return str(oid), [(str(oid + 1), 1, "BLUE-TEAPOT"), (str(oid + 2), 2, "MATCHA-WHISK")]
+    if isinstance(sim, WooStore):
+        order = sim.create(
+            lines=[
+                ("BLUE-TEAPOT", "Blue teapot", 1, "88.00"),
+                ("MATCHA-WHISK", "Matcha whisk", 2, "12.00"),
+            ]
+        )
+        ids = [str(li["id"]) for li in order["line_items"]]
+        return str(order["id"]), [(ids[0], 1, "BLUE-TEAPOT"), (ids[1], 2, "MATCHA-WHISK")]
+    assert isinstance(sim, JosGateway)
+    return p.new_order(), [("100012043978", 1, "BLUE-TEAPOT"), ("100012043979", 2, "MATCHA-WHISK")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_each_parcel_of_a_split_order_is_written_back_with_its_lines(
+    kind: str, start_world: StartWorld, settle: Settle
+) -> None:
+    """Two parcels, one line each: Shopify fulfils the line items, TOP consigns the
+    sub-order (is_split), Douyin ships the sku order as one pack, WooCommerce notes each
+    parcel and completes the order with the last; JOS, which ships whole orders only,
+    hears once, from the parcel that completes the order."""
+    w = await start_world(kind)
+    external_id, lines = two_line_order(w.platform)
+    body = matcha_order(external_id, channel_id=w.channel_id)
+    order_id = (await create(w.api, body))["id"]
+    parcels = [("SF1400020001", lines[0], False), ("SF1400020002", lines[1], True)]
+
+    for number, (line_id, qty, sku), completes in parcels:
+        line = {"external_id": line_id, "quantity": qty, "sku": sku}
+        await emit_shipment(
+            w, order_id, tracking_number=number, lines=[line], completes_order=completes
+        )
+    await settle(w.api)
+
+    company = COMPANY[kind]
+    deliveries = await writeback_deliveries(w, order_id)
+    assert [d["state"] for d in deliveries] == ["succeeded", "succeeded"]
+    received = w.platform.desk.received
+    if kind == "jd":
+        assert received == [WriteBack(external_id, company, "SF1400020002")]
+    elif kind == "woocommerce":
+        assert [r.tracking_number for r in received] == ["SF1400020001", "SF1400020002"]
+        assert isinstance(w.platform.sim, WooStore)
+        notes = [n["note"] for n in w.platform.sim.notes[int(external_id)]]
+        assert notes[0] == "Shipped via SF Express, tracking number SF1400020001: 1 × BLUE-TEAPOT"
+        assert w.platform.sim.orders[int(external_id)]["status"] == "completed"
+    else:
+        assert received == [
+            WriteBack(external_id, company, number, ((line_id, qty),))
+            for number, (line_id, qty, _), _ in parcels
+        ]
+    assert shipped_in_full(w.platform, external_id)
+
+
+def shipped_in_full(p: Platform, external_id: str) -> bool:
+    sim = p.sim
+    if isinstance(sim, ShopifyAdmin):
+        return int(external_id) in sim.fulfilled
+    if isinstance(sim, TopGateway):
+        return bool(sim.trades[int(external_id)]["status"] == "WAIT_BUYER_CONFIRM_GOODS")
+    if isinstance(sim, DouyinShop):
+        return bool(sim.orders[external_id]["order_status"] == 3)
+    if isinstance(sim, JosGateway):
+        return bool(sim.orders[int(external_id)]["orderState"] == "WAIT_GOODS_RECEIVE_CONFIRM")
+    assert isinstance(sim, WooStore)
+    return bool(sim.orders[int(external_id)]["status"] == "completed")
+
+
+@pytest.mark.parametrize("kind", ["shopify", "woocommerce", "taobao", "douyin"])
+async def test_a_re_booking_updates_the_tracking_number_on_the_platform(
+    kind: str, start_world: StartWorld, settle: Settle
+) -> None:
+    """Written back with the first waybill, then re-booked: Shopify updates the
+    fulfillment's tracking, TOP resends the consignment, Douyin edits the logistics,
+    WooCommerce gets a new note; nothing is shipped twice."""
+    w = await start_world(kind)
+    order_id, external_id = await channel_order(w)
+    first = await book(w, order_id)
+    await settle(w.api)
+
+    await emit_shipment(
+        w,
+        order_id,
+        tracking_number="SF1400029999",
+        replaces=[{"tracking_number": first["tracking_number"]}],
+    )
+    await settle(w.api)
+
+    company = COMPANY[kind]
+    assert w.platform.desk.updated == [WriteBack(external_id, company, "SF1400029999")]
+    assert [d["state"] for d in await writeback_deliveries(w, order_id)] == [
+        "succeeded",
+        "succeeded",
+    ]
+    if kind != "woocommerce":  # there the new note is the record
+        assert w.platform.desk.received == [
+            WriteBack(external_id, company, first["tracking_number"])
+        ]
+    assert recorded_waybills(w.platform, external_id) == ["SF1400029999"]
+
+
+def recorded_waybills(p: Platform, external_id: str) -> list[str]:
+    sim = p.sim
+    if isinstance(sim, ShopifyAdmin):
+        return [f["tracking_number"] for f in sim.fulfillments[int(external_id)]]
+    if isinstance(sim, TopGateway):
+        return [s["out_sid"] for s in sim.shippings[int(external_id)]]
+    if isinstance(sim, DouyinShop):
+        return [i["tracking_no"] for i in sim.orders[external_id]["logistics_info"]]
+    assert isinstance(sim, WooStore)
+    notes = sim.notes[int(external_id)]
+    return [n["note"].split("tracking number ")[1].split(" ")[0] for n in notes[-1:]]
+
+
+async def test_a_re_booking_on_jd_is_dead_lettered_for_an_operator(
+    start_world: StartWorld, settle: Settle
+) -> None:
+    """JOS has no call to change a shipped order's waybill: said plainly, not retried."""
+    w = await start_world("jd")
+    order_id, external_id = await channel_order(w)
+    first = await book(w, order_id)
+    await settle(w.api)
+
+    await emit_shipment(
+        w,
+        order_id,
+        tracking_number="SF1400029999",
+        replaces=[{"tracking_number": first["tracking_number"]}],
+    )
+    await settle(w.api)
+
+    states = [(d["state"], d["attempts"]) for d in await writeback_deliveries(w, order_id)]
+    assert sorted(states) == [("dead", 1), ("succeeded", 1)]
+    [dead] = [d for d in await writeback_deliveries(w, order_id) if d["state"] == "dead"]
+    assert "cannot change a shipped order's waybill" in dead["last_error"]
+    assert w.platform.desk.received == [WriteBack(external_id, "467", first["tracking_number"])]
+
+
 # ---- the simulators' own checks ------------------------------------------------------------
 
 
@@ -338,4 +603,41 @@ async def test_a_simulator_refuses_a_write_back_with_forged_credentials(kind: st
     assert refused.value.retryable is False
     assert p.desk.received == []
     if kind in ("taobao", "jd", "douyin"):
+        assert getattr(p.sim, "forged", None) == 1
+
+
+@pytest.mark.parametrize("kind", ["shopify", "taobao", "douyin"])
+async def test_a_simulator_refuses_a_forged_tracking_change(kind: str) -> None:
+    """The calls that change a shipped order's waybill check credentials like the rest:
+    a forged one changes nothing."""
+    p = await platform(kind)
+    http = WritebackHttp()
+    try:
+        external_id = p.new_order()
+        shipped = wb.Shipped(external_id, "SF1400020001", "SF", "shp_first")
+        await converse(
+            wb.conversation_for(kind)(channel_config(p), shipped, datetime.now(UTC)), http
+        )
+        forged = channel_config(p, **FORGERIES[kind])
+        rebooked = wb.Shipped(
+            external_id, "YT9876543210", "YTO", "shp_new", replaces=("SF1400020001",)
+        )
+        now = datetime.now(UTC)
+        if isinstance(forged, ShopifyChannel):
+            request = wb.shopify_update_tracking(forged, rebooked, 255_858_046)
+        elif isinstance(forged, TaobaoChannel):
+            request = wb.taobao_consign_resend(forged, rebooked, now)
+        else:
+            assert isinstance(forged, DouyinChannel)
+            request = wb.douyin_logistics_edit(forged, rebooked, now)
+        answered = await http(request, 5.0)
+    finally:
+        await http.close()
+        await p.sim.stop()
+
+    assert p.desk.received == [WriteBack(external_id, "SF", "SF1400020001")]
+    assert p.desk.updated == []
+    if kind == "shopify":
+        assert answered.status == 401
+    else:
         assert getattr(p.sim, "forged", None) == 1

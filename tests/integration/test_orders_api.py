@@ -167,6 +167,20 @@ async def test_cursor_pagination_sees_every_order_exactly_once(api: httpx.AsyncC
     assert len(set(seen)) == 7
 
 
+async def test_without_locations_listed_orders_are_exactly_the_stored_orders(
+    api: httpx.AsyncClient,
+) -> None:
+    """Inventory off: the list adds no `allocations` or `routing`, and matches GET."""
+    created = await create(api, matcha_order())
+
+    (listed,) = (await api.get("/v1/orders")).json()["data"]
+    fetched = (await api.get(f"/v1/orders/{created['id']}")).json()
+
+    assert listed == fetched == created
+    assert "routing" not in listed
+    assert "allocations" not in listed["lines"][0]
+
+
 async def test_an_invalid_cursor_is_a_400_problem(api: httpx.AsyncClient) -> None:
     """Cursors are opaque: one we did not issue is refused, not guessed at."""
     response = await api.get("/v1/orders", params={"cursor": "not-a-cursor!!"})

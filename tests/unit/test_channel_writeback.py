@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -673,3 +674,416 @@ async def test_a_permanent_failure_is_dead_lettered_at_once_and_the_next_event_g
     assert (refused.state, refused.attempts) == (DeliveryState.DEAD, 1)
     assert nxt.state is DeliveryState.SUCCEEDED
     assert sender.sent_event_ids() == ["evt_refused", "evt_next"]
+
+
+# ---- parcels, re-bookings and lost answers -------------------------------------------------
+
+PARCEL = wb.Shipped(
+    "4611686018427387905",
+    "SF1400020002",
+    "SF",
+    "shp_PARCEL2",
+    lines=(wb.ShippedLine("4611686018427387907", 2, "MATCHA-WHISK"),),
+    completes_order=False,
+)
+REBOOKED = wb.Shipped("4611686018427387905", "YT9876543210", "YTO", "shp_NEW", replaces=("SF1",))
+TOP_CONSIGNED = answer(
+    200,
+    {
+        "error_response": {
+            "code": 15,
+            "msg": "Remote service error",
+            "sub_code": "isv.logistics-offline-service-error:B150",
+            "sub_msg": "订单已发货，不能重复发货 (already consigned)",
+        }
+    },
+)
+
+
+def top_shippings(*out_sids: str) -> HttpResponse:
+    rows = [{"tid": 4611686018427387905, "out_sid": o, "company_name": "SF"} for o in out_sids]
+    body = {"shippings": {"shipping": rows}, "total_results": len(rows)}
+    return answer(200, {"logistics_orders_get_response": body})
+
+
+def test_the_event_s_parcel_lines_and_replaced_waybills_are_read() -> None:
+    """A parcel of some lines, not the last; re-booked from an earlier waybill."""
+    data = {
+        **SHIPMENT_DATA,
+        "lines": [{"external_id": "4611686018427387907", "quantity": 2, "sku": "MATCHA-WHISK"}],
+        "completes_order": False,
+        "replaces": [{"id": "shp_OLD", "tracking_number": "SF1400000001"}],
+    }
+
+    shipped = wb.shipped_from_event(event(data), {})
+
+    assert shipped.lines == (wb.ShippedLine("4611686018427387907", 2, "MATCHA-WHISK"),)
+    assert (shipped.partial, shipped.completes_order) == (True, False)
+    assert shipped.replaces == ("SF1400000001",)
+
+
+def test_an_event_without_lines_is_the_whole_order() -> None:
+    shipped = wb.shipped_from_event(event(SHIPMENT_DATA), {})
+
+    assert (shipped.lines, shipped.partial, shipped.completes_order, shipped.replaces) == (
+        (),
+        False,
+        True,
+        (),
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [{"quantity": 1}, {"external_id": "7001", "quantity": 0}, {"external_id": "7001"}],
+)
+def test_a_parcel_line_without_platform_id_or_quantity_is_refused_permanently(
+    line: dict[str, Any],
+) -> None:
+    refused = failure(wb.shipped_from_event, event({**SHIPMENT_DATA, "lines": [line]}), {})
+
+    assert refused.retryable is False
+    assert "platform line id or a quantity" in refused.detail
+
+
+@pytest.mark.parametrize(
+    ("detail", "shipped"),
+    [
+        ("TOP error 15 Remote service error (isv.x:B150: 订单已发货，不能重复发货)", True),
+        ("JOS shipment refused 10400002: order already shipped 订单已出库", True),
+        ("Douyin error 50001 订单已发货 (isv.business-failed:order-shipped)", True),
+        ("TOP error 15 Remote service error (isv.x:B01: 交易不存在或状态不允许发货)", False),
+        ("JOS shipment refused 10400001: order cannot be shipped", False),
+    ],
+)
+def test_already_shipped_refusals_are_told_from_other_refusals(detail: str, shipped: bool) -> None:
+    assert wb.already_shipped(detail) is shipped
+
+
+def test_an_already_shipped_order_with_our_waybill_was_our_lost_answer() -> None:
+    assert wb.settle_shipped("TOP", SHIPPED, ["SF1400020001"]) is None
+
+
+def test_an_already_shipped_order_with_a_replaced_waybill_is_to_be_updated() -> None:
+    assert wb.settle_shipped("TOP", REBOOKED, ["SF1"]) == "SF1"
+
+
+def test_an_already_shipped_order_with_a_foreign_waybill_is_a_permanent_failure() -> None:
+    refused = failure(wb.settle_shipped, "TOP", SHIPPED, ["ZT7300000001"])
+
+    assert refused.retryable is False
+    assert "already shipped with waybill ZT7300000001, not ours (SF1400020001)" in refused.detail
+
+
+def test_taobao_sends_a_partial_parcel_as_a_split_consignment() -> None:
+    """is_split=1 and the parcel's sub-orders (oids) in sub_tid, signed with the rest."""
+    top = channel("taobao")
+    assert isinstance(top, TaobaoChannel)
+
+    form = wb.taobao_offline_send(top, PARCEL, NOW).form()
+
+    assert (form["is_split"], form["sub_tid"]) == ("1", "4611686018427387907")
+    assert taobao.verify_sign(form, "top-secret")
+
+
+def _run(talk: wb.Conversation, *answers: HttpResponse) -> list[wb.WritebackRequest]:
+    """Drive a conversation with these answers; the requests it made (to its end)."""
+    requests = [next(talk)]
+    for given in answers:
+        try:
+            requests.append(talk.send(given))
+        except StopIteration:
+            return requests
+    raise AssertionError(f"the conversation goes on after {len(answers)} answers")
+
+
+def test_a_taobao_retry_after_a_lost_answer_finds_our_waybill_and_stops() -> None:
+    top = channel("taobao")
+    talk = wb.taobao_conversation(top, SHIPPED, NOW)
+
+    sent = _run(talk, TOP_CONSIGNED, top_shippings("SF1400020001"))
+
+    assert [r.form()["method"] for r in sent] == [
+        "taobao.logistics.offline.send",
+        "taobao.logistics.orders.get",
+    ]
+    assert sent[1].form()["tid"] == "4611686018427387905"
+    assert taobao.verify_sign(sent[1].form(), "top-secret")
+
+
+def test_a_taobao_re_booking_resends_the_consignment_with_the_new_waybill() -> None:
+    top = channel("taobao")
+    resent = answer(200, {"logistics_consign_resend_response": {"shipping": {"is_success": True}}})
+
+    sent = _run(
+        wb.taobao_conversation(top, REBOOKED, NOW), TOP_CONSIGNED, top_shippings("SF1"), resent
+    )
+    form = sent[2].form()
+
+    assert form["method"] == "taobao.logistics.consign.resend"
+    assert (form["tid"], form["out_sid"], form["company_code"]) == (
+        "4611686018427387905",
+        "YT9876543210",
+        "YTO",
+    )
+    assert taobao.verify_sign(form, "top-secret")
+
+
+def test_a_taobao_order_consigned_with_another_waybill_is_refused_permanently() -> None:
+    talk = wb.taobao_conversation(channel("taobao"), SHIPPED, NOW)
+    next(talk)
+    talk.send(TOP_CONSIGNED)
+
+    refused = failure(talk.send, top_shippings("ZT7300000001"))
+
+    assert refused.retryable is False
+    assert "ZT7300000001" in refused.detail
+
+
+def test_a_busy_taobao_is_retried_without_asking_what_shipped() -> None:
+    talk = wb.taobao_conversation(channel("taobao"), SHIPPED, NOW)
+    next(talk)
+    busy = {"error_response": {"code": 7, "msg": "App Call Limited", "sub_code": "x.limited-by-y"}}
+
+    refused = failure(talk.send, answer(200, busy))
+
+    assert refused.retryable is True
+
+
+JOS_SHIPPED = answer(
+    200,
+    {
+        "jingdong_pop_order_shipment_responce": {
+            "code": "0",
+            "sopjosshipment_result": {
+                "success": False,
+                "code": "10400002",
+                "englishErrCode": "order already shipped",
+                "chineseErrCode": "订单已出库",
+            },
+        }
+    },
+)
+
+
+def jos_order(waybill: str) -> HttpResponse:
+    info = {"orderId": "4611686018427387905", "waybill": waybill, "logisticsId": "467"}
+    body = {"code": "0", "orderDetailInfo": {"orderInfo": info, "apiResult": {"success": True}}}
+    return answer(200, {"jingdong_pop_order_get_responce": body})
+
+
+def test_jd_does_not_write_back_a_parcel_that_leaves_lines_to_ship() -> None:
+    """JOS ships whole orders: the parcel that completes the order is written back."""
+    shop = channel("jd")
+
+    with pytest.raises(StopIteration):
+        next(wb.jd_conversation(shop, PARCEL, NOW))
+    last = next(wb.jd_conversation(shop, replace(PARCEL, completes_order=True), NOW))
+
+    assert json.loads(last.form()["360buy_param_json"])["logiNo"] == "SF1400020002"
+
+
+def test_a_jd_retry_after_a_lost_answer_reads_the_order_s_waybill() -> None:
+    sent = _run(
+        wb.jd_conversation(channel("jd"), SHIPPED, NOW), JOS_SHIPPED, jos_order("SF1400020001")
+    )
+    form = sent[1].form()
+
+    assert form["method"] == "jingdong.pop.order.get"
+    assert json.loads(form["360buy_param_json"])["order_id"] == "4611686018427387905"
+    assert jd.verify_sign(form, "jd-secret")
+
+
+def test_a_jd_re_booking_is_refused_for_an_operator() -> None:
+    talk = wb.jd_conversation(channel("jd"), REBOOKED, NOW)
+    next(talk)
+    talk.send(JOS_SHIPPED)
+
+    refused = failure(talk.send, jos_order("SF1"))
+
+    assert refused.retryable is False
+    assert "cannot change a shipped order's waybill" in refused.detail
+
+
+DOUYIN_SHIPPED = answer(
+    200,
+    {"code": 50001, "msg": "订单已发货 (already shipped)", "sub_code": "isv.business-failed"},
+)
+
+
+def douyin_detail(*tracking: str) -> HttpResponse:
+    parcels = [{"tracking_no": t, "company": "shunfeng"} for t in tracking]
+    detail = {"order_id": "4611686018427387905", "logistics_info": parcels}
+    return answer(200, {"code": 10000, "msg": "success", "data": {"shop_order_detail": detail}})
+
+
+def test_douyin_ships_a_partial_parcel_as_a_single_pack_of_its_sku_orders() -> None:
+    """order.logisticsAddSinglePack: the sku orders and counts, our shipment id as the
+    platform's request_id (a repeat makes no second pack)."""
+    shop = channel("douyin")
+    assert isinstance(shop, DouyinChannel)
+
+    request = wb.douyin_logistics_add(shop, PARCEL, NOW)
+
+    assert request.url == "http://dy.test/order/logisticsAddSinglePack"
+    assert request.json() == {
+        "company_code": "SF",
+        "logistics_code": "SF1400020002",
+        "order_id_list": ["4611686018427387905"],
+        "request_id": "shp_PARCEL2",
+        "shipped_order_info": [{"shipped_num": 2, "shipped_order_id": "4611686018427387907"}],
+    }
+    assert douyin.verify_call(
+        {**dict(request.params), "param_json": request.body.decode()}, "dy-secret"
+    )
+
+
+def test_a_douyin_re_booking_edits_the_order_s_logistics() -> None:
+    ok = answer(200, {"code": 10000, "msg": "success", "data": {}})
+
+    sent = _run(
+        wb.douyin_conversation(channel("douyin"), REBOOKED, NOW),
+        DOUYIN_SHIPPED,
+        douyin_detail("SF1"),
+        ok,
+    )
+
+    assert [r.url for r in sent] == [
+        "http://dy.test/order/logisticsAdd",
+        "http://dy.test/order/orderDetail",
+        "http://dy.test/order/logisticsEdit",
+    ]
+    assert dict(sent[1].params)["method"] == "order.orderDetail"
+    assert sent[2].json()["logistics_code"] == "YT9876543210"
+
+
+def test_a_douyin_retry_after_a_lost_answer_stops_at_our_waybill() -> None:
+    sent = _run(
+        wb.douyin_conversation(channel("douyin"), SHIPPED, NOW),
+        DOUYIN_SHIPPED,
+        douyin_detail("SF1400020001"),
+    )
+
+    assert len(sent) == 2
+
+
+SHOPIFY_FO = {
+    "fulfillment_orders": [
+        {
+            "id": 4501,
+            "status": "in_progress",
+            "line_items": [
+                {"id": 70011, "line_item_id": 7001, "quantity": 1, "fulfillable_quantity": 0},
+                {"id": 70021, "line_item_id": 7002, "quantity": 3, "fulfillable_quantity": 3},
+            ],
+        }
+    ]
+}
+
+
+def test_shopify_fulfils_a_parcel_s_lines_from_the_fulfillment_order_lines() -> None:
+    parcel = replace(SHIPPED, lines=(wb.ShippedLine("7002", 2),), completes_order=False)
+    orders = SHOPIFY_FO["fulfillment_orders"]
+
+    picks = wb.shopify_line_picks(orders, parcel)
+    request = wb.shopify_fulfillment(channel("shopify"), parcel, (), picks)  # type: ignore[arg-type]
+
+    assert picks == ((4501, ((70021, 2),)),)
+    assert request.json()["fulfillment"]["line_items_by_fulfillment_order"] == [
+        {
+            "fulfillment_order_id": 4501,
+            "fulfillment_order_line_items": [{"id": 70021, "quantity": 2}],
+        }
+    ]
+
+
+def test_shopify_refuses_a_parcel_line_that_is_fulfilled_already() -> None:
+    parcel = replace(SHIPPED, lines=(wb.ShippedLine("7001", 1),))
+
+    refused = failure(wb.shopify_line_picks, SHOPIFY_FO["fulfillment_orders"], parcel)
+
+    assert refused.retryable is False
+    assert "line item 7001 × 1" in refused.detail
+
+
+def test_a_shopify_re_booking_updates_the_fulfillment_s_tracking() -> None:
+    closed = {"fulfillment_orders": [{"id": 4501, "status": "closed", "line_items": []}]}
+    fulfillments = {
+        "fulfillments": [{"id": 255858046, "status": "success", "tracking_number": "SF1"}]
+    }
+    shop = channel("shopify")
+
+    sent = _run(
+        wb.shopify_conversation(shop, REBOOKED, NOW),
+        answer(200, closed),
+        answer(200, fulfillments),
+        answer(200, {"fulfillment": {"id": 255858046}}),
+    )
+
+    assert (sent[1].method, sent[1].url) == (
+        "GET",
+        "http://shop.test/admin/api/2025-10/orders/4611686018427387905/fulfillments.json",
+    )
+    assert (sent[2].method, sent[2].url) == (
+        "POST",
+        "http://shop.test/admin/api/2025-10/fulfillments/255858046/update_tracking.json",
+    )
+    assert sent[2].json()["fulfillment"]["tracking_info"] == {
+        "number": "YT9876543210",
+        "company": "YTO",
+    }
+
+
+def test_a_shopify_parcel_whose_fulfillment_exists_is_not_fulfilled_again() -> None:
+    """A lost answer: the retry finds our tracking number on a fulfillment and stops."""
+    parcel = replace(SHIPPED, lines=(wb.ShippedLine("7002", 2),))
+    ours = {"fulfillments": [{"id": 1, "status": "success", "tracking_numbers": ["SF1400020001"]}]}
+
+    sent = _run(
+        wb.shopify_conversation(channel("shopify"), parcel, NOW),
+        answer(200, SHOPIFY_FO),
+        answer(200, ours),
+    )
+
+    assert [r.method for r in sent] == ["GET", "GET"]
+
+
+def test_a_woocommerce_parcel_is_noted_with_its_lines_and_leaves_the_order_open() -> None:
+    store = channel("woocommerce")
+    parcel = replace(
+        SHIPPED, lines=(wb.ShippedLine("100101", 2, "MATCHA-WHISK"),), completes_order=False
+    )
+
+    sent = _run(
+        wb.woocommerce_conversation(store, parcel, NOW), answer(200, []), answer(201, {"id": 1})
+    )
+
+    assert [r.method for r in sent] == ["GET", "POST"]
+    assert (
+        sent[1].json()["note"] == "Shipped via SF, tracking number SF1400020001: 2 × MATCHA-WHISK"
+    )
+
+
+def test_a_woocommerce_re_booking_notes_the_replaced_number() -> None:
+    assert wb.woo_note_text(REBOOKED) == (
+        "Shipped via YTO, tracking number YT9876543210 (replaces tracking number SF1)"
+    )
+
+
+async def test_the_sender_counts_a_lost_answer_found_on_the_platform_as_success() -> None:
+    """Through the sender: refused as consigned, our waybill recorded: ok, not permanent."""
+    http = ScriptedHttp(TOP_CONSIGNED, top_shippings("YT9876543210"))
+    sender = ChannelWritebackSender(channel("taobao"), http, clock=lambda: NOW)
+
+    outcome = await sender.send("", "", "evt_1", event(SHIPMENT_DATA), 5.0)
+
+    assert (outcome.ok, outcome.permanent, len(http.requests)) == (True, False, 2)
+
+
+def test_a_woocommerce_note_for_a_longer_number_does_not_count_as_ours() -> None:
+    """SF12's note is not SF1's: the retry of SF1 still adds its own."""
+    notes = [{"id": 9, "note": "Shipped via SF, tracking number SF12"}]
+    shipped = replace(SHIPPED, tracking_number="SF1")
+
+    assert wb.read_woo_notes(answer(200, notes), shipped) is False
+    assert wb.read_woo_notes(answer(200, [{"note": wb.woo_note_text(shipped)}]), shipped) is True

@@ -6,11 +6,12 @@ times are RFC 3339 in UTC with a `Z`; ids are strings, so 64-bit channel ids kee
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from ordersync.domain.events import EventType, OrderEvent
 from ordersync.domain.inventory import RoutingRecord
 from ordersync.domain.order_status import HoldReason, OrderStatus, PaymentStatus
 from ordersync.domain.orders import Address, Customer, Order, OrderLine, Totals
@@ -106,6 +107,16 @@ def routing_doc(record: RoutingRecord) -> dict[str, Any]:
     }
 
 
+def _record_summary(record: RoutingRecord) -> dict[str, Any]:
+    """`routing_summary(routing_doc(record))` without copying the explanation."""
+    return {
+        "outcome": record.outcome,
+        "locations": list(record.locations),
+        "backordered": dict(record.backordered),
+        "decided_at": fmt_time(record.decided_at),
+    }
+
+
 def with_fulfilment(
     doc: dict[str, Any],
     allocations: Iterable[tuple[str, str, int]],
@@ -117,6 +128,15 @@ def with_fulfilment(
     the order's lines in line order (two lines of one SKU share its allocations).
     `routing`: the last routing decision (`routing_doc`), or None if none was made.
     """
+    return {**doc, "lines": allocation_lines(doc["lines"], allocations), "routing": routing}
+
+
+def allocation_lines(
+    lines: Iterable[dict[str, Any]], allocations: Iterable[tuple[str, str, int]]
+) -> list[dict[str, Any]]:
+    """Each line (canonical JSON) with `allocations`: [{location_id, quantity}], dealt from
+    the (sku, location id, units) the order holds in line order; a line without a SKU, or
+    whose units nothing holds (backordered, short), gets fewer units or none."""
     left: dict[str, list[list[Any]]] = {}
     for sku, loc, qty in allocations:
         queue = left.setdefault(sku, [])
@@ -126,8 +146,8 @@ def with_fulfilment(
                 break
         else:
             queue.append([loc, qty])
-    lines = []
-    for line in doc["lines"]:
+    out = []
+    for line in lines:
         need, allocs = int(line["quantity"]), []
         queue = left.get(line["sku"], [])
         while need > 0 and queue:
@@ -139,8 +159,46 @@ def with_fulfilment(
                 queue.pop(0)
             else:
                 queue[0][1] = have - take
-        lines.append({**line, "allocations": allocs})
-    return {**doc, "lines": lines, "routing": routing}
+        out.append({**line, "allocations": allocs})
+    return out
+
+
+_SUMMARY_KEYS = ("outcome", "locations", "backordered", "decided_at")
+
+
+def routing_summary(routing: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A routing decision (`routing_doc`) without its explanation: what lists and events
+    carry (the explanation, candidates and scores, is on `GET /v1/orders/{id}`)."""
+    if routing is None:
+        return None
+    return {key: routing[key] for key in _SUMMARY_KEYS}
+
+
+def allocated_event(
+    order: Order,
+    allocations: Iterable[tuple[str, str, int]],
+    record: RoutingRecord | None,
+    at: datetime,
+) -> OrderEvent:
+    """`order.allocated`: routing reserved `allocations` (sku, location id, units) for
+    `order`. Its body is the order plus each line's `allocations` and the `routing`
+    summary, so a WMS knows which location picks how many of which line."""
+    return OrderEvent(
+        EventType.ORDER_ALLOCATED,
+        order.id,
+        order.version,
+        at,
+        fields={
+            "lines": allocation_lines((line_to_dict(x) for x in order.lines), allocations),
+            "routing": _record_summary(record) if record is not None else None,
+        },
+    )
+
+
+def event_data(doc: dict[str, Any], event: OrderEvent) -> dict[str, Any]:
+    """The `data` of an order event's body: the order's canonical JSON (`doc`, at the
+    event's version) with the fields the event adds (`OrderEvent.fields`)."""
+    return doc if event.fields is None else {**doc, **event.fields}
 
 
 def totals_from_dict(d: dict[str, Any]) -> Totals:

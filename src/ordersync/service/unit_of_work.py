@@ -13,12 +13,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 from ordersync.domain.codec import order_to_dict
-from ordersync.domain.holds import HoldPolicy
+from ordersync.domain.holds import BuyerActivity, BuyerFingerprint, HoldPolicy
 from ordersync.domain.inventory import Inventory, InventoryPolicy, Reservation
 from ordersync.domain.orders import HistoryEntry, Order
 from ordersync.service.outbox import EventRouter, OutboxEntry, outbox_entries
@@ -180,12 +180,31 @@ class StockRepository(abc.ABC):
         feed is fresh again for channel stock publishing. Reservations never call this."""
 
 
+class BuyerFingerprints(abc.ABC):
+    """Each order's buyer fingerprints (normalized address and phone, stored only as keyed
+    hashes) with the time it was placed, for the fraud burst rules (domain/holds.py)."""
+
+    @abc.abstractmethod
+    async def record(
+        self,
+        order_id: str,
+        placed_at: datetime,
+        fingerprint: BuyerFingerprint,
+        window: timedelta | None,
+    ) -> BuyerActivity:
+        """Remember the order's fingerprints (written at commit) and, given a `window`,
+        count the other orders placed within it before `placed_at` that share each
+        fingerprint, for the fingerprints that are new or changed for this order (one
+        already recorded was judged when it was: `None` for it)."""
+
+
 class UnitOfWork(abc.ABC):
     orders: OrderRepository
     inbox: Inbox
     idempotency: IdempotencyStore
     stock: StockRepository | None = None  # None: no locations configured, inventory is off
     holds: HoldPolicy | None = None  # None: no `holds` configured, orders are not audited
+    fingerprints: BuyerFingerprints | None = None  # None: no burst rule, nothing recorded
 
     async def __aenter__(self) -> Self:
         return self

@@ -5,6 +5,11 @@ the orders updated in [update_time_start, update_time_end] (Unix seconds) page b
 (pages counted from 0, as the platform does), and can refuse calls as rate-limited. It also
 pushes signed messages ({tag, msg_id, data}) to a URL, as the platform's message service.
 
+Shipment write-back: `order.logisticsAdd` (the whole order; one shipped before is refused
+as already shipped), `order.logisticsAddSinglePack` (a parcel of some sku orders, with a
+`request_id` the platform dedupes), `order.logisticsEdit` (change a one-parcel order's
+tracking number); `order.orderDetail` shows the parcels in `logistics_info`.
+
 It also takes `sku.syncStock` (signed common parameters in the query, `param_json` with
 `sku_id` or `code`, `stock_num`, `incremental` as the body) and records each level it sets
 in `stock_records` (item: the `sku_id`, or the `code`).
@@ -33,6 +38,9 @@ from ordersync.simulators.stock_recorder import StockRecord
 from ordersync.simulators.writebacks import WriteBack, WritebackDesk
 
 LOGISTICS_ADD_METHOD = "order.logisticsAdd"
+LOGISTICS_PACK_METHOD = "order.logisticsAddSinglePack"
+LOGISTICS_EDIT_METHOD = "order.logisticsEdit"
+PARTLY_SHIPPED = 101  # the platform's 部分发货
 SYNC_STOCK_METHOD = "sku.syncStock"
 
 __all__ = ["DouyinShop", "make_order"]
@@ -109,6 +117,7 @@ class DouyinShop(LoopbackServer):
         self.forged = 0
         self.throttle_next = 0
         self.writebacks = WritebackDesk()  # order.logisticsAdd calls accepted
+        self.packs: dict[str, dict[str, Any]] = {}  # logisticsAddSinglePack request_id -> answer
         self.stock_records: list[StockRecord] = []  # sku.syncStock calls accepted
         self.stock_levels: dict[str, int] = {}  # sku_id (or code) -> its level now
         self.stock_refuse = False  # answer stock updates as for an unknown SKU
@@ -184,6 +193,10 @@ class DouyinShop(LoopbackServer):
         app.router.add_route("*", "/" + SEARCH_METHOD.replace(".", "/"), self._search)
         app.router.add_route("*", "/" + DETAIL_METHOD.replace(".", "/"), self._detail)
         app.router.add_post("/" + LOGISTICS_ADD_METHOD.replace(".", "/"), self._logistics_add)
+        app.router.add_post(
+            "/" + LOGISTICS_PACK_METHOD.replace(".", "/"), self._logistics_add_single_pack
+        )
+        app.router.add_post("/" + LOGISTICS_EDIT_METHOD.replace(".", "/"), self._logistics_edit)
         app.router.add_post("/" + SYNC_STOCK_METHOD.replace(".", "/"), self._sync_stock)
         return app
 
@@ -218,15 +231,62 @@ class DouyinShop(LoopbackServer):
         self.stock_records.append(StockRecord("douyin", item, None, level, self.clock()))
         return _json({"code": OK, "msg": "success", "data": {}, "log_id": "sim"})
 
-    async def _logistics_add(self, request: web.Request) -> web.Response:
-        """Ship an order: the signed common parameters in the query, `param_json` (order_id,
-        company_code, logistics_code) as the JSON body."""
+    # ---- shipment write-back ----------------------------------------------------------
+    def ship_elsewhere(self, order_id: str, tracking_no: str, company: str = "zhongtong") -> None:
+        """The merchant ships the order in the Douyin backend, outside the hub."""
+        order = self.orders[order_id]
+        left = {str(s["order_id"]): int(s["item_num"]) for s in order["sku_order_list"]}
+        self._add_parcel(order_id, company, tracking_no, left)
+
+    def _shipped_nums(self, order: dict[str, Any]) -> dict[str, int]:
+        done: dict[str, int] = {}
+        for parcel in order.get("logistics_info", []):
+            for p in parcel["product_info"]:
+                done[p["sku_order_id"]] = done.get(p["sku_order_id"], 0) + p["product_count"]
+        return done
+
+    def _add_parcel(
+        self, order_id: str, company: str, number: str, nums: dict[str, int]
+    ) -> dict[str, Any]:
+        order = self.orders[order_id]
+        parcel = {
+            "tracking_no": number,
+            "company": company,
+            "ship_time": int(self.clock().timestamp()),
+            "pack_id": f"{order_id}-{len(order.get('logistics_info', [])) + 1}",
+            "product_info": [
+                {"sku_order_id": k, "product_count": v} for k, v in nums.items() if v > 0
+            ],
+        }
+        parcels = [*order.get("logistics_info", []), parcel]
+        done = self._shipped_nums({"logistics_info": parcels})
+        everything = all(
+            done.get(str(s["order_id"]), 0) >= int(s["item_num"]) for s in order["sku_order_list"]
+        )
+        self.update(
+            order_id,
+            logistics_info=parcels,
+            order_status=3 if everything else PARTLY_SHIPPED,
+            ship_time=parcel["ship_time"],
+        )
+        return parcel
+
+    async def _signed(self, request: web.Request, method: str) -> dict[str, str] | web.Response:
         params: dict[str, str] = dict(request.query)
         params["param_json"] = (await request.read()).decode("utf-8")
-        if (refused := self._refuse(params, LOGISTICS_ADD_METHOD)) is not None:
+        if (refused := self._refuse(params, method)) is not None:
             return refused
         if self.writebacks.should_fail():
             return web.Response(status=500, text="Internal Server Error")
+        return params
+
+    async def _logistics_add(self, request: web.Request) -> web.Response:
+        """Ship an order: the signed common parameters in the query, `param_json` (order_id,
+        company_code, logistics_code) as the JSON body. An order shipped (or partly shipped)
+        before is refused."""
+        params = await self._signed(request, LOGISTICS_ADD_METHOD)
+        if isinstance(params, web.Response):
+            return params
         try:
             business = json.loads(params["param_json"])
             order_id = str(business["order_id"])
@@ -234,10 +294,80 @@ class DouyinShop(LoopbackServer):
         except (KeyError, ValueError, TypeError):
             return _error(40004, "参数错误", "isv.parameter-invalid")
         order = self.orders.get(order_id)
-        if order is None or self.writebacks.refuse or order["order_status"] == 4:
+        if order is not None and not self.writebacks.refuse and order.get("logistics_info"):
+            return _already_shipped()
+        if order is None or self.writebacks.refuse or order["order_status"] != 2:
             return _error(50001, "订单状态不允许发货", "isv.business-failed:order-cannot-ship")
+        left = {str(s["order_id"]): int(s["item_num"]) for s in order["sku_order_list"]}
+        self._add_parcel(order_id, company, number, left)
         self.writebacks.received.append(WriteBack(order_id, company, number))
-        self.update(order_id, order_status=3, ship_time=int(self.clock().timestamp()))
+        if self.writebacks.answer_lost():
+            return web.Response(status=500, text="Internal Server Error")
+        return _json({"code": OK, "msg": "success", "data": {}, "log_id": "sim"})
+
+    async def _logistics_add_single_pack(self, request: web.Request) -> web.Response:
+        """Ship part of an order as one parcel: `order_id_list`, `shipped_order_info`
+        ([{shipped_order_id, shipped_num}]), `company_code`, `logistics_code`, `request_id`
+        (a repeated request_id answers the parcel it made, shipping nothing twice)."""
+        params = await self._signed(request, LOGISTICS_PACK_METHOD)
+        if isinstance(params, web.Response):
+            return params
+        try:
+            business = json.loads(params["param_json"])
+            [order_id] = [str(x) for x in business["order_id_list"]]
+            nums: dict[str, int] = {}
+            for item in business["shipped_order_info"]:
+                key = str(item["shipped_order_id"])
+                nums[key] = nums.get(key, 0) + int(item["shipped_num"])
+            company, number = str(business["company_code"]), str(business["logistics_code"])
+            request_id = str(business["request_id"])
+        except (KeyError, ValueError, TypeError):
+            return _error(40004, "参数错误", "isv.parameter-invalid")
+        if request_id in self.packs:
+            return _json({"code": OK, "msg": "success", "data": self.packs[request_id]})
+        order = self.orders.get(order_id)
+        if order is None or self.writebacks.refuse or order["order_status"] not in (2, 101):
+            return _error(50001, "订单状态不允许发货", "isv.business-failed:order-cannot-ship")
+        ordered = {str(s["order_id"]): int(s["item_num"]) for s in order["sku_order_list"]}
+        done = self._shipped_nums(order)
+        if any(k not in ordered or n <= 0 for k, n in nums.items()):
+            return _error(40004, "参数错误: shipped_order_id", "isv.parameter-invalid")
+        if any(done.get(k, 0) + n > ordered[k] for k, n in nums.items()):
+            return _already_shipped()
+        parcel = self._add_parcel(order_id, company, number, nums)
+        self.writebacks.received.append(
+            WriteBack(order_id, company, number, tuple(sorted(nums.items())))
+        )
+        data = {"pack_id": parcel["pack_id"]}
+        self.packs[request_id] = data
+        if self.writebacks.answer_lost():
+            return web.Response(status=500, text="Internal Server Error")
+        return _json({"code": OK, "msg": "success", "data": data, "log_id": "sim"})
+
+    async def _logistics_edit(self, request: web.Request) -> web.Response:
+        """Change a shipped order's carrier and tracking number (`order_id`, `company_code`,
+        `logistics_code`). An order shipped in several parcels is refused: those are
+        changed per parcel (`order.logisticsEditByPack`)."""
+        params = await self._signed(request, LOGISTICS_EDIT_METHOD)
+        if isinstance(params, web.Response):
+            return params
+        try:
+            business = json.loads(params["param_json"])
+            order_id = str(business["order_id"])
+            company, number = str(business["company_code"]), str(business["logistics_code"])
+        except (KeyError, ValueError, TypeError):
+            return _error(40004, "参数错误", "isv.parameter-invalid")
+        order = self.orders.get(order_id)
+        parcels = [] if order is None else order.get("logistics_info", [])
+        if order is None or not parcels or self.writebacks.refuse:
+            return _error(50001, "订单未发货，不能修改物流", "isv.business-failed:not-shipped")
+        if len(parcels) > 1:
+            return _error(
+                50001, "多包裹订单请按包裹修改", "isv.business-failed:use-logisticsEditByPack"
+            )
+        edited = {**parcels[0], "tracking_no": number, "company": company}
+        self.update(order_id, logistics_info=[edited])
+        self.writebacks.updated.append(WriteBack(order_id, company, number))
         return _json({"code": OK, "msg": "success", "data": {}, "log_id": "sim"})
 
     async def _detail(self, request: web.Request) -> web.Response:
@@ -314,3 +444,8 @@ def _error(code: int, msg: str, sub_code: str) -> web.Response:
 
 def _json(data: dict[str, Any]) -> web.Response:
     return web.Response(text=json.dumps(data, ensure_ascii=False), content_type="application/json")
+
+
+def _already_shipped() -> web.Response:
+    """The refusal to ship an order (or sku orders) that shipped before."""
+    return _error(50001, "订单已发货 (already shipped)", "isv.business-failed:order-shipped")

@@ -5,6 +5,10 @@ the app key and the access token, serves the orders modified in [start_date, end
 (China time, at most one month) page by page in JOS's JSON envelope, and can refuse calls
 as over the rate limit. Order ids are 64-bit integers, written with every digit.
 
+Shipment write-back: `jingdong.pop.order.shipment` (a whole order, once: an order shipped
+before is refused as "订单已出库") and `jingdong.pop.order.get` (the order with its
+recorded `waybill`).
+
 It also takes `jingdong.stock.write.updateSkuStock` (`skuId`, `stockNum` in
 `360buy_param_json`), signed like every call, and records each level it sets in
 `stock_records` (item: the `skuId`).
@@ -34,6 +38,9 @@ from ordersync.simulators.writebacks import WriteBack, WritebackDesk
 
 SHIPMENT_METHOD = "jingdong.pop.order.shipment"
 SHIPMENT_RESPONSE_KEY = "jingdong_pop_order_shipment_responce"
+ORDER_GET_METHOD = "jingdong.pop.order.get"
+ORDER_GET_RESPONSE_KEY = "jingdong_pop_order_get_responce"
+SHIPPABLE = "WAIT_SELLER_STOCK_OUT"
 STOCK_METHOD = "jingdong.stock.write.updateSkuStock"
 STOCK_RESPONSE_KEY = "jingdong_stock_write_updateSkuStock_responce"
 
@@ -160,6 +167,8 @@ class JosGateway(LoopbackServer):
             return self._update_sku_stock(params)
         if params.get("method") == SHIPMENT_METHOD:
             return self._shipment(params)
+        if params.get("method") == ORDER_GET_METHOD:
+            return self._order_get(params)
         if params.get("method") != SEARCH_METHOD:
             return _answer(_error("22", "Invalid method", "无效的方法"))
         try:
@@ -194,8 +203,15 @@ class JosGateway(LoopbackServer):
         }
         return _answer({RESPONSE_KEY: {"code": "0", "searchorderinfo_result": result}})
 
+    def ship_elsewhere(self, order_id: int, waybill: str, company: str = "463") -> None:
+        """The seller ships the order in the JD backend, outside the hub."""
+        self.update(
+            order_id, orderState="WAIT_GOODS_RECEIVE_CONFIRM", waybill=waybill, logisticsId=company
+        )
+
     def _shipment(self, params: Mapping[str, str]) -> web.Response:
-        """Ship an order: `orderId`, `logiCoprId` (JD's logistics company id), `logiNo`."""
+        """Ship an order: `orderId`, `logiCoprId` (JD's logistics company id), `logiNo`. An
+        order shipped before is refused (JOS ships a whole order once)."""
         if self.writebacks.should_fail():
             return web.Response(status=500, text="Internal Server Error")
         try:
@@ -205,7 +221,14 @@ class JosGateway(LoopbackServer):
         except (KeyError, ValueError, TypeError):
             return _answer(_error("3", "Invalid arguments", "参数错误"))
         order = self.orders.get(order_id)
-        if order is None or self.writebacks.refuse or order["orderState"] == "TRADE_CANCELED":
+        if order is not None and not self.writebacks.refuse and order.get("waybill"):
+            result = {
+                "success": False,
+                "code": "10400002",
+                "englishErrCode": "order already shipped",
+                "chineseErrCode": "订单已出库",
+            }
+        elif order is None or self.writebacks.refuse or order["orderState"] != SHIPPABLE:
             result = {
                 "success": False,
                 "code": "10400001",
@@ -214,9 +237,32 @@ class JosGateway(LoopbackServer):
             }
         else:
             self.writebacks.received.append(WriteBack(str(order_id), company, number))
-            self.update(order_id, orderState="WAIT_GOODS_RECEIVE_CONFIRM", waybill=number)
+            self.update(
+                order_id,
+                orderState="WAIT_GOODS_RECEIVE_CONFIRM",
+                waybill=number,
+                logisticsId=company,
+            )
+            if self.writebacks.answer_lost():
+                return web.Response(status=500, text="Internal Server Error")
             result = {"success": True, "code": "0", "englishErrCode": "success"}
         return _answer({SHIPMENT_RESPONSE_KEY: {"code": "0", "sopjosshipment_result": result}})
+
+    def _order_get(self, params: Mapping[str, str]) -> web.Response:
+        """jingdong.pop.order.get: one order, with the `optional_fields` asked for."""
+        try:
+            business = json.loads(params["360buy_param_json"])
+            order_id = int(business["order_id"])
+            fields = [f for f in str(business.get("optional_fields", "")).split(",") if f]
+        except (KeyError, ValueError, TypeError):
+            return _answer(_error("3", "Invalid arguments", "参数错误"))
+        order = self.orders.get(order_id)
+        api_result = {"success": order is not None, "code": "0" if order else "10100001"}
+        info = None
+        if order is not None:
+            info = {k: v for k, v in order.items() if not fields or k in fields}
+        body = {"code": "0", "orderDetailInfo": {"orderInfo": info, "apiResult": api_result}}
+        return _answer({ORDER_GET_RESPONSE_KEY: body})
 
     def latest_stock(self, sku_id: str) -> int | None:
         """The last level set for a JD `skuId`, if any."""

@@ -6,6 +6,11 @@ from a dict the way Shopify does: `X-Shopify-Access-Token` checked, `status`,
 through the `Link` header (`page_info` tokens carry the filters; a request with one may add
 only `limit` and `fields`), the `X-Shopify-Shop-Api-Call-Limit` header, and forced 429s with
 `Retry-After`.
+
+Shipment write-back: `GET orders/{id}/fulfillment_orders.json` (one fulfillment order per
+order, its lines' `fulfillable_quantity`), `POST fulfillments.json` (all remaining lines or
+a `fulfillment_order_line_items` subset, with `tracking_info`), `GET
+orders/{id}/fulfillments.json` and `POST fulfillments/{id}/update_tracking.json`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import base64
 import copy
 import hmac
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +33,8 @@ from ordersync.simulators.writebacks import WriteBack, WritebackDesk
 ORDERS_PATH = "/admin/api/{version}/orders.json"
 FULFILLMENT_ORDERS_PATH = "/admin/api/{version}/orders/{{order_id}}/fulfillment_orders.json"
 FULFILLMENTS_PATH = "/admin/api/{version}/fulfillments.json"
+ORDER_FULFILLMENTS_PATH = "/admin/api/{version}/orders/{{order_id}}/fulfillments.json"
+UPDATE_TRACKING_PATH = "/admin/api/{version}/fulfillments/{{fulfillment_id}}/update_tracking.json"
 MAX_LIMIT = 250
 _PAGE_INFO_ALLOWED = frozenset({"page_info", "limit", "fields"})
 
@@ -86,9 +94,12 @@ class ShopifyAdmin(LoopbackServer):
         self.throttle_next = 0  # answer this many requests 429
         self.retry_after = "0"  # their Retry-After
         # Fulfillments created (POST fulfillments.json): one fulfillment order per order,
-        # open until fulfilled, then closed.
+        # open, in progress once partly fulfilled, closed once every line is.
         self.writebacks = WritebackDesk()
-        self.fulfilled: set[int] = set()
+        self.fulfilled: set[int] = set()  # orders with every line fulfilled
+        self.fulfilled_qty: dict[int, dict[int, int]] = {}  # order -> line item -> quantity
+        self.fulfillments: dict[int, list[dict[str, Any]]] = {}  # order -> its fulfillments
+        self._fulfillment_ids = itertools.count(255_858_046)
         self.base_url: str | None = None
         self._runner: web.AppRunner | None = None
 
@@ -125,6 +136,8 @@ class ShopifyAdmin(LoopbackServer):
         v = self.api_version
         app.router.add_get(FULFILLMENT_ORDERS_PATH.format(version=v), self._fulfillment_orders)
         app.router.add_post(FULFILLMENTS_PATH.format(version=v), self._fulfill)
+        app.router.add_get(ORDER_FULFILLMENTS_PATH.format(version=v), self._order_fulfillments)
+        app.router.add_post(UPDATE_TRACKING_PATH.format(version=v), self._update_tracking)
         return app
 
     def _token_ok(self, request: web.Request) -> bool:
@@ -136,6 +149,14 @@ class ShopifyAdmin(LoopbackServer):
         """The id of an order's (only) fulfillment order in this simulator."""
         return order_id * 10 + 1
 
+    def _left(self, order_id: int) -> dict[int, int]:
+        """Line item id -> quantity still to fulfil."""
+        done = self.fulfilled_qty.get(order_id, {})
+        return {
+            int(li["id"]): int(li["quantity"]) - done.get(int(li["id"]), 0)
+            for li in self.orders[order_id].get("line_items", [])
+        }
+
     async def _fulfillment_orders(self, request: web.Request) -> web.Response:
         if not self._token_ok(request):
             return _error(401, b'"[API] Invalid API key or access token"')
@@ -146,9 +167,20 @@ class ShopifyAdmin(LoopbackServer):
         order = self.orders.get(order_id)
         if order is None:
             return _error(404, b'"Not Found"')
-        status = "closed" if order_id in self.fulfilled else "open"
+        left = self._left(order_id)
+        if not any(left.values()):
+            status = "closed"
+        elif self.fulfilled_qty.get(order_id):
+            status = "in_progress"
+        else:
+            status = "open"
         lines = [
-            {"id": int(li["id"]) * 10 + 1, "line_item_id": li["id"], "quantity": li["quantity"]}
+            {
+                "id": int(li["id"]) * 10 + 1,
+                "line_item_id": li["id"],
+                "quantity": li["quantity"],
+                "fulfillable_quantity": left[int(li["id"])],
+            }
             for li in order.get("line_items", [])
         ]
         fo = {
@@ -160,7 +192,9 @@ class ShopifyAdmin(LoopbackServer):
         return web.json_response({"fulfillment_orders": [fo]})
 
     async def _fulfill(self, request: web.Request) -> web.Response:
-        """Create a fulfillment: `line_items_by_fulfillment_order` + `tracking_info`."""
+        """Create a fulfillment: `line_items_by_fulfillment_order` (all the fulfillment
+        order's remaining lines, or the `fulfillment_order_line_items` given) and
+        `tracking_info`. More than a line has left is refused, as Shopify does."""
         if not self._token_ok(request):
             return _error(401, b'"[API] Invalid API key or access token"')
         if self.writebacks.should_fail():
@@ -169,6 +203,10 @@ class ShopifyAdmin(LoopbackServer):
             body = orjson.loads(await request.read())["fulfillment"]
             [pair] = body["line_items_by_fulfillment_order"]
             fo_id = int(pair["fulfillment_order_id"])
+            asked = {
+                (int(i["id"]) - 1) // 10: int(i["quantity"])
+                for i in pair.get("fulfillment_order_line_items") or []
+            }
             tracking = body["tracking_info"]
             number, company = str(tracking["number"]), str(tracking.get("company") or "")
         except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
@@ -176,21 +214,77 @@ class ShopifyAdmin(LoopbackServer):
         order_id = (fo_id - 1) // 10
         if order_id not in self.orders or self.fulfillment_order_id(order_id) != fo_id:
             return _error(404, b'"Not Found"')
-        if self.writebacks.refuse or order_id in self.fulfilled:
+        left = self._left(order_id)
+        if self.writebacks.refuse or not any(left.values()):
             return _error(
                 422, b'{"base":["Fulfillment order has an unfulfillable status= closed"]}'
             )
-        self.fulfilled.add(order_id)
-        self.writebacks.received.append(WriteBack(str(order_id), company, number))
-        self.update(order_id, fulfillment_status="fulfilled")
+        chosen = asked or {k: v for k, v in left.items() if v > 0}
+        if any(k not in left or not 0 < v <= left[k] for k, v in chosen.items()):
+            return _error(
+                422, b'{"base":["Invalid fulfillment order line item quantity requested."]}'
+            )
+        done = self.fulfilled_qty.setdefault(order_id, {})
+        for k, v in chosen.items():
+            done[k] = done.get(k, 0) + v
+        if not any(self._left(order_id).values()):
+            self.fulfilled.add(order_id)
+        lines = tuple(sorted((str(k), v) for k, v in chosen.items())) if asked else ()
+        self.writebacks.received.append(WriteBack(str(order_id), company, number, lines))
+        self.update(
+            order_id,
+            fulfillment_status="fulfilled" if order_id in self.fulfilled else "partial",
+        )
         fulfillment = {
-            "id": fo_id * 7,
+            "id": next(self._fulfillment_ids),
             "order_id": order_id,
             "status": "success",
             "tracking_company": company,
             "tracking_number": number,
+            "tracking_numbers": [number],
+            "line_items": [{"id": k, "quantity": v} for k, v in chosen.items()],
         }
+        self.fulfillments.setdefault(order_id, []).append(fulfillment)
+        if self.writebacks.answer_lost():
+            return _error(500, b'"Internal Server Error"')
         return web.json_response({"fulfillment": fulfillment}, status=201)
+
+    async def _order_fulfillments(self, request: web.Request) -> web.Response:
+        if not self._token_ok(request):
+            return _error(401, b'"[API] Invalid API key or access token"')
+        try:
+            order_id = int(request.match_info["order_id"])
+        except ValueError:
+            return _error(404, b'"Not Found"')
+        if order_id not in self.orders:
+            return _error(404, b'"Not Found"')
+        return web.json_response({"fulfillments": self.fulfillments.get(order_id, [])})
+
+    async def _update_tracking(self, request: web.Request) -> web.Response:
+        """Change a fulfillment's tracking: `tracking_info {number, company}`."""
+        if not self._token_ok(request):
+            return _error(401, b'"[API] Invalid API key or access token"')
+        if self.writebacks.should_fail():
+            return _error(500, b'"Internal Server Error"')
+        found = next(
+            (
+                f
+                for fs in self.fulfillments.values()
+                for f in fs
+                if str(f["id"]) == request.match_info["fulfillment_id"]
+            ),
+            None,
+        )
+        if found is None:
+            return _error(404, b'"Not Found"')
+        try:
+            tracking = orjson.loads(await request.read())["fulfillment"]["tracking_info"]
+            number, company = str(tracking["number"]), str(tracking.get("company") or "")
+        except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
+            return _error(400, b'{"tracking_info":"Required parameter missing or invalid"}')
+        found.update(tracking_company=company, tracking_number=number, tracking_numbers=[number])
+        self.writebacks.updated.append(WriteBack(str(found["order_id"]), company, number))
+        return web.json_response({"fulfillment": found})
 
     async def _list_orders(self, request: web.Request) -> web.Response:
         q = request.query

@@ -5,6 +5,11 @@ serves the trades modified in [start_modified, end_modified] (China time, at mos
 page by page in JSON or XML, and can refuse calls with TOP's "App Call Limited" error.
 Trades keep their 64-bit `tid` as an integer, so its JSON shows every digit.
 
+Shipment write-back: `taobao.logistics.offline.send` (whole trade, or with `is_split=1`
+the `sub_tid` sub-orders; a trade or sub-order consigned before is refused as "already
+consigned"), `taobao.logistics.orders.get` (the waybills recorded per trade) and
+`taobao.logistics.consign.resend` (change a consigned parcel's waybill).
+
 It also takes `taobao.item.quantity.update` (`num_iid`, `sku_id` or `outer_id`, `quantity`,
 `type` 1 full / 2 delta), signed like every call, and records each level it sets in
 `stock_records` (item `num_iid`, or `num_iid:sku_id` / `num_iid:outer_id`).
@@ -27,6 +32,8 @@ from ordersync.simulators.stock_recorder import StockRecord
 from ordersync.simulators.writebacks import WriteBack, WritebackDesk
 
 OFFLINE_SEND_METHOD = "taobao.logistics.offline.send"
+CONSIGN_RESEND_METHOD = "taobao.logistics.consign.resend"
+LOGISTICS_ORDERS_METHOD = "taobao.logistics.orders.get"
 QUANTITY_UPDATE_METHOD = "taobao.item.quantity.update"
 
 __all__ = ["TopGateway", "make_trade", "sign"]
@@ -108,6 +115,7 @@ class TopGateway(LoopbackServer):
         self.forged = 0
         self.throttle_next = 0  # refuse this many calls with "App Call Limited"
         self.writebacks = WritebackDesk()  # taobao.logistics.offline.send calls accepted
+        self.shippings: dict[int, list[dict[str, Any]]] = {}  # tid -> its parcels
         self.stock_records: list[StockRecord] = []  # taobao.item.quantity.update accepted
         self.stock_levels: dict[str, int] = {}  # item key -> its level now
         self.stock_refuse = False  # answer quantity updates as for an unknown item
@@ -166,6 +174,10 @@ class TopGateway(LoopbackServer):
             return self._quantity_update(params, fmt)
         if params.get("method") == OFFLINE_SEND_METHOD:
             return self._offline_send(params, fmt)
+        if params.get("method") == LOGISTICS_ORDERS_METHOD:
+            return self._logistics_orders(params, fmt)
+        if params.get("method") == CONSIGN_RESEND_METHOD:
+            return self._consign_resend(params, fmt)
         if params.get("method") != INCREMENT_METHOD:
             return _answer(fmt, _error(22, "Invalid method", "isv.method-not-exists"))
         try:
@@ -189,15 +201,52 @@ class TopGateway(LoopbackServer):
             body["total_results"] = len(chosen)
         return _answer(fmt, {"trades_sold_increment_get_response": body})
 
-    def _offline_send(self, params: Mapping[str, str], fmt: str) -> web.Response:
-        """Ship a trade with the seller's own logistics: `tid`, `out_sid`, `company_code`."""
-        if self.writebacks.should_fail():
-            return web.Response(status=500, text="Internal Server Error")
+    # ---- shipment write-back ----------------------------------------------------------
+    def oids(self, tid: int) -> list[int]:
+        return [int(o["oid"]) for o in self.trades[tid]["orders"]["order"]]
+
+    def ship_elsewhere(self, tid: int, out_sid: str, company: str = "ZTO") -> None:
+        """The seller ships the trade in the Taobao backend, outside the hub."""
+        self.shippings.setdefault(tid, []).append(
+            {"out_sid": out_sid, "company_code": company, "sub_tids": self.oids(tid)}
+        )
+        self.update(tid, status="WAIT_BUYER_CONFIRM_GOODS")
+
+    def _shipped_oids(self, tid: int) -> set[int]:
+        return {o for s in self.shippings.get(tid, []) for o in s["sub_tids"]}
+
+    def _waybill_params(
+        self, params: Mapping[str, str], fmt: str
+    ) -> tuple[int, str, str, list[int] | None] | web.Response:
+        """tid, out_sid, company_code and, with is_split=1, the sub_tid list."""
         tid, out_sid, company = params.get("tid"), params.get("out_sid"), params.get("company_code")
         if not (tid and out_sid and company and tid.isdigit()):
             return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter"))
-        trade = self.trades.get(int(tid))
-        if trade is None or self.writebacks.refuse:
+        if params.get("is_split", "0") not in ("0", "1"):
+            return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter"))
+        subs: list[int] | None = None
+        if params.get("is_split") == "1":
+            raw = [x for x in params.get("sub_tid", "").split(",") if x]
+            if not raw or not all(x.isdigit() for x in raw):
+                return _answer(
+                    fmt, _error(41, "Invalid arguments", "isv.invalid-parameter", "sub_tid")
+                )
+            subs = [int(x) for x in raw]
+        return int(tid), out_sid, company, subs
+
+    def _offline_send(self, params: Mapping[str, str], fmt: str) -> web.Response:
+        """Ship a trade with the seller's own logistics: `tid`, `out_sid`, `company_code`;
+        `is_split=1` with `sub_tid` (comma-separated oids) ships those sub-orders only."""
+        if self.writebacks.should_fail():
+            return web.Response(status=500, text="Internal Server Error")
+        parsed = self._waybill_params(params, fmt)
+        if isinstance(parsed, web.Response):
+            return parsed
+        tid, out_sid, company, subs = parsed
+        trade = self.trades.get(tid)
+        if trade is None or self.writebacks.refuse or trade["status"] not in _SHIPPABLE:
+            if trade is not None and not self.writebacks.refuse and self.shippings.get(tid):
+                return _answer(fmt, _ALREADY_CONSIGNED)
             return _answer(
                 fmt,
                 _error(
@@ -207,12 +256,73 @@ class TopGateway(LoopbackServer):
                     "交易不存在或状态不允许发货",
                 ),
             )
-        self.writebacks.received.append(WriteBack(tid, company, out_sid))
-        self.update(
-            int(tid), status="WAIT_BUYER_CONFIRM_GOODS", consign_time=top_time(self.clock())
+        oids, done = self.oids(tid), self._shipped_oids(tid)
+        if subs is not None and not set(subs) <= set(oids):
+            return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter", "sub_tid"))
+        chosen = subs if subs is not None else [o for o in oids if o not in done]
+        if set(chosen) & done:
+            return _answer(fmt, _ALREADY_CONSIGNED)
+        self.shippings.setdefault(tid, []).append(
+            {"out_sid": out_sid, "company_code": company, "sub_tids": chosen}
         )
+        nums = {int(o["oid"]): int(o["num"]) for o in trade["orders"]["order"]}
+        lines = tuple((str(o), nums[o]) for o in chosen) if subs is not None else ()
+        self.writebacks.received.append(WriteBack(str(tid), company, out_sid, lines))
+        everything = self._shipped_oids(tid) >= set(oids)
+        self.update(
+            tid,
+            status="WAIT_BUYER_CONFIRM_GOODS" if everything else "SELLER_CONSIGNED_PART",
+            consign_time=top_time(self.clock()),
+        )
+        if self.writebacks.answer_lost():
+            return web.Response(status=500, text="Internal Server Error")
         shipping = {"is_success": True}
         return _answer(fmt, {"logistics_offline_send_response": {"shipping": shipping}})
+
+    def _logistics_orders(self, params: Mapping[str, str], fmt: str) -> web.Response:
+        """taobao.logistics.orders.get: the trade's logistics orders (one per parcel)."""
+        tid = params.get("tid", "")
+        if not tid.isdigit() or not params.get("fields"):
+            return _answer(fmt, _error(41, "Invalid arguments", "isv.invalid-parameter"))
+        rows = [
+            {
+                "tid": int(tid),
+                "out_sid": s["out_sid"],
+                "company_name": s["company_code"],
+                "sub_tids": ",".join(str(o) for o in s["sub_tids"]),
+                "status": "CREATED",
+            }
+            for s in self.shippings.get(int(tid), [])
+        ]
+        body = {"shippings": {"shipping": rows}, "total_results": len(rows)}
+        return _answer(fmt, {"logistics_orders_get_response": body})
+
+    def _consign_resend(self, params: Mapping[str, str], fmt: str) -> web.Response:
+        """taobao.logistics.consign.resend: change the waybill of a consigned trade (with
+        `is_split=1`, of the parcel holding those sub-orders)."""
+        if self.writebacks.should_fail():
+            return web.Response(status=500, text="Internal Server Error")
+        parsed = self._waybill_params(params, fmt)
+        if isinstance(parsed, web.Response):
+            return parsed
+        tid, out_sid, company, subs = parsed
+        held = self.shippings.get(tid, [])
+        if subs is not None:
+            held = [s for s in held if set(subs) <= set(s["sub_tids"])]
+        if len(held) != 1 or self.writebacks.refuse:
+            return _answer(
+                fmt,
+                _error(
+                    15,
+                    "Remote service error",
+                    "isv.logistics-consign-resend-error",
+                    "订单未发货或包裹不唯一，不能修改运单号",
+                ),
+            )
+        held[0].update(out_sid=out_sid, company_code=company)
+        self.writebacks.updated.append(WriteBack(str(tid), company, out_sid))
+        shipping = {"is_success": True}
+        return _answer(fmt, {"logistics_consign_resend_response": {"shipping": shipping}})
 
     def latest_stock(self, item: str) -> int | None:
         """The last level set for `item` (`num_iid` or `num_iid:sku_id`), if any."""
@@ -252,6 +362,9 @@ class TopGateway(LoopbackServer):
         out = {**params, "sign_method": method}
         out["sign"] = sign(out, self.app_secret, method)
         return out
+
+
+_SHIPPABLE = ("WAIT_SELLER_SEND_GOODS", "SELLER_CONSIGNED_PART")
 
 
 def _china(value: str) -> datetime:
@@ -295,3 +408,12 @@ def _xml(tag: str, value: Any) -> str:
     if isinstance(value, bool):
         return f"<{tag}>{str(value).lower()}</{tag}>"
     return f"<{tag}>{escape(str(value))}</{tag}>"
+
+
+# TOP's refusal to consign a trade (or sub-orders) that was consigned before.
+_ALREADY_CONSIGNED = _error(
+    15,
+    "Remote service error",
+    "isv.logistics-offline-service-error:B150",
+    "订单已发货，不能重复发货 (already consigned)",
+)

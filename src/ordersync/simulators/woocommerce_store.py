@@ -30,7 +30,11 @@ from ordersync.simulators.writebacks import WriteBack, WritebackDesk
 
 ORDERS_PATH = "/wp-json/wc/v3/orders"
 # The hub's shipment note (adapters/channels/writeback.py::woo_note_text).
-_SHIPPED_NOTE = re.compile(r"^Shipped via (?P<company>.+), tracking number (?P<number>\S+)$")
+# A partial parcel's note goes on with its lines, a re-booking's with the number replaced.
+_SHIPPED_NOTE = re.compile(
+    r"^Shipped via (?P<company>.+?), tracking number (?P<number>[^\s:]+)"
+    r"(?::[^(]*)?(?: \(replaces tracking number (?P<old>[^)]+)\))?$"
+)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -218,9 +222,10 @@ class WooStore(LoopbackServer):
         }
         notes.append(note)
         if m := _SHIPPED_NOTE.match(text):
-            self.writebacks.received.append(
-                WriteBack(str(order_id), m.group("company"), m.group("number"))
-            )
+            record = WriteBack(str(order_id), m.group("company"), m.group("number"))
+            self.writebacks.received.append(record)
+            if m.group("old"):
+                self.writebacks.updated.append(record)
         return web.Response(status=201, body=encode(note), content_type="application/json")
 
     async def _update_order(self, request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
+from ordersync.adapters.db.buyer_fingerprints import FingerprintDigest, SqlBuyerFingerprints
 from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.inventory import SqlStockRepository, StockCarry
 from ordersync.clock import to_us, utcnow
@@ -166,6 +167,7 @@ class SqlUnitOfWork(UnitOfWork):
         *,
         relay: bool = False,
         inventory: InventoryPolicy | None = None,
+        fingerprints: FingerprintDigest | None = None,
         stock_carry: StockCarry | None = None,
     ) -> None:
         self._c = _Conn(db)
@@ -178,6 +180,8 @@ class SqlUnitOfWork(UnitOfWork):
             self.stock: SqlStockRepository | None = SqlStockRepository(
                 self._c, router, inventory, stock_carry
             )
+        if fingerprints is not None:  # a fraud burst rule is configured
+            self.fingerprints = SqlBuyerFingerprints(self._c, fingerprints)
         # Deliveries created by the last commit, per destination (wakes the dispatcher).
         self.committed_destinations: set[str] = set()
 

@@ -7,6 +7,12 @@ backoff, circuit breaker, dead letters, replay); only the sending differs: inste
 Standard Webhooks POST, `ChannelWritebackSender` reads the event, runs the platform's
 write-back conversation (adapters/channels/writeback.py) over HTTP, and reports a refusal
 the platform will repeat as a *permanent* failure, which dead-letters the delivery at once.
+
+A retry is safe on every platform: the conversations check what the platform already holds
+(Shopify's fulfillments, WooCommerce's notes, the waybill TOP, JOS or Douyin recorded when
+they refuse an order as already shipped), so an attempt whose answer was lost counts as
+done, a re-booking updates the tracking, and only a waybill from outside the hub is a
+permanent failure.
 """
 
 from __future__ import annotations

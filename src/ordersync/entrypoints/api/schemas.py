@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -145,18 +145,59 @@ class TotalsOut(BaseModel):
 
 
 class AllocationOut(BaseModel):
-    location_id: str
-    quantity: int
+    """Units of one order line held at (or shipped from) one location."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"location_id": "berlin-dc", "quantity": 2}]}
+    )
+
+    location_id: str = Field(
+        description="The location (`locations[].id` in the config) that picks and ships"
+        " these units",
+        examples=["berlin-dc"],
+    )
+    quantity: int = Field(ge=1, description="Units of the line from this location", examples=[2])
 
 
-class RoutingOut(BaseModel):
+_ROUTING_EXAMPLE: dict[str, Any] = {
+    "outcome": "routed",
+    "locations": ["berlin-dc", "paris-store"],
+    "backordered": {},
+    "decided_at": "2026-11-22T09:00:00.125000Z",
+}
+
+
+class RoutingSummaryOut(BaseModel):
+    """The order's last routing decision, without its explanation (lists and events)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_ROUTING_EXAMPLE]})
+
+    outcome: str = Field(
+        description="`routed` (everything allocated), `backordered` (part waits for stock, see"
+        " `backordered`) or `unroutable` (nothing allocated: the order is held for"
+        " `stock_shortage`)",
+        examples=["routed"],
+    )
+    locations: list[str] = Field(
+        description="The locations allocated, preferred first (two or more: a split order)",
+        examples=[["berlin-dc", "paris-store"]],
+    )
+    backordered: dict[str, int] = Field(
+        description="SKU -> units waiting for stock (backorder or preorder)",
+        examples=[{"BLUE-TEAPOT": 2}],
+    )
+    decided_at: str = Field(
+        description="When the decision was made (RFC 3339, UTC)",
+        examples=["2026-11-22T09:00:00.125000Z"],
+    )
+
+
+class RoutingOut(RoutingSummaryOut):
     """The order's last routing decision: why these locations, what waits for stock."""
 
-    outcome: str  # routed | backordered | unroutable
-    locations: list[str]
-    backordered: dict[str, int]  # sku -> units waiting (backorder or preorder)
-    explanation: dict[str, Any]  # candidates, scores, steps, and `text` for people
-    decided_at: str
+    explanation: dict[str, Any] = Field(
+        description="Candidates, scores and steps of the decision, and `text` for people"
+    )
 
 
 class LineOut(BaseModel):
@@ -169,11 +210,17 @@ class LineOut(BaseModel):
     external_id: str | None
     product_id: str | None
     variant_id: str | None
-    # With inventory on: where its units are held or shipped from (one order, not lists).
-    allocations: list[AllocationOut] = []
+    allocations: list[AllocationOut] = Field(
+        default_factory=list,
+        description="With inventory on (`locations` configured): where the line's units are"
+        " held or were shipped from. Fewer units than `quantity` when part is backordered or"
+        " short; empty for a line without a tracked SKU. Two lines of one SKU share its"
+        " allocations in line order.",
+        examples=[[{"location_id": "berlin-dc", "quantity": 1}]],
+    )
 
 
-class OrderOut(BaseModel):
+class _OrderFields(BaseModel):
     id: str
     channel_id: str
     external_id: str | None
@@ -194,12 +241,125 @@ class OrderOut(BaseModel):
     updated_at: str
     channel_updated_at: str | None
     version: int
-    routing: RoutingOut | None = None  # with inventory on; one order, not lists
+
+
+class OrderOut(_OrderFields):
+    routing: RoutingOut | None = Field(
+        default=None,
+        description="With inventory on: the last routing decision with its explanation;"
+        " null when the order was never routed",
+    )
+
+
+class OrderListItemOut(_OrderFields):
+    routing: RoutingSummaryOut | None = Field(
+        default=None,
+        description="With inventory on: the last routing decision's summary (no"
+        " `explanation`: `GET /v1/orders/{id}` has it); null when never routed",
+    )
 
 
 class OrderPage(BaseModel):
-    data: list[OrderOut]
+    data: list[OrderListItemOut]
     next_cursor: str | None
+
+
+class OrderAllocatedData(_OrderFields):
+    """The order at the event's version, each line with its `allocations`."""
+
+    routing: RoutingSummaryOut | None = Field(
+        description="The decision that made these allocations (summary, no `explanation`)"
+    )
+
+
+_ALLOCATED_EXAMPLE: dict[str, Any] = {
+    "type": "order.allocated",
+    "timestamp": "2026-11-22T09:00:00.125000Z",
+    "data": {
+        "id": "ord_01JDZK4W1T8Q5M7V2C9X3B6N0A",
+        "channel_id": "shop-eu",
+        "external_id": "5001234567890",
+        "name": "#1042",
+        "status": "pending",
+        "payment_status": "paid",
+        "hold_reasons": [],
+        "held_from": None,
+        "currency": "EUR",
+        "totals": {
+            "subtotal": "49.00",
+            "shipping": "4.90",
+            "tax": "9.31",
+            "discount": None,
+            "total": "53.90",
+        },
+        "lines": [
+            {
+                "sku": "BLUE-TEAPOT",
+                "name": "Blue teapot",
+                "quantity": 1,
+                "unit_price": "21.00",
+                "discount": "0",
+                "total": "21.00",
+                "external_id": "13001",
+                "product_id": "801",
+                "variant_id": "9001",
+                "allocations": [{"location_id": "berlin-dc", "quantity": 1}],
+            },
+            {
+                "sku": "MATCHA-CUP",
+                "name": "Matcha cup",
+                "quantity": 4,
+                "unit_price": "7.00",
+                "discount": "0",
+                "total": "28.00",
+                "external_id": "13002",
+                "product_id": "802",
+                "variant_id": "9002",
+                "allocations": [{"location_id": "paris-store", "quantity": 4}],
+            },
+        ],
+        "customer": {
+            "external_id": "77",
+            "email": "mira.lindqvist@example.com",
+            "name": "Mira Lindqvist",
+            "phone": None,
+        },
+        "shipping_address": {
+            "name": "Mira Lindqvist",
+            "company": None,
+            "line1": "Teestraße 12",
+            "line2": None,
+            "city": "Berlin",
+            "region": None,
+            "postal_code": "10115",
+            "country_code": "DE",
+            "phone": None,
+        },
+        "billing_address": None,
+        "note": None,
+        "placed_at": "2026-11-22T08:59:58Z",
+        "created_at": "2026-11-22T09:00:00.125000Z",
+        "updated_at": "2026-11-22T09:00:00.125000Z",
+        "channel_updated_at": "2026-11-22T08:59:58Z",
+        "version": 1,
+        "routing": _ROUTING_EXAMPLE,
+    },
+}
+
+
+class OrderAllocatedEvent(BaseModel):
+    """Body of `order.allocated` (Standard Webhooks): routing reserved stock for an order.
+
+    Sent in the transaction that reserved the stock, once per routing that allocates (an
+    order held for `stock_shortage` sends it when stock arrives and it is routed). A WMS
+    picks at each `lines[].allocations[].location_id` the `quantity` given there.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_ALLOCATED_EXAMPLE]})
+
+    type: Literal["order.allocated"]
+    timestamp: str = Field(description="When the stock was reserved (RFC 3339, UTC)")
+    data: OrderAllocatedData
 
 
 class HistoryOut(BaseModel):

@@ -4,7 +4,13 @@ of work, after its stock has followed it (so a routing shortage is known).
 New causes put the order on hold (`order.held`, a history entry naming each cause), a
 hold whose causes all cleared is released (`order.released`), and a hold whose causes
 changed keeps holding with the new reasons. Reasons no rule manages (`manual`,
-`payment_review`) stay until a person releases them through the API.
+`payment_review`) and `suspected_fraud` stay until a person releases them through the API.
+
+`suspected_fraud` judges facts once, when they are new: with a burst limit configured,
+each order's buyer fingerprints are recorded in the same unit of work and counted (one
+indexed query) only when new to the order, and a billing/shipping country mismatch only
+when the order is created or its addresses change. So a person's release is not undone
+by the channel's next update of the order (a payment, a fulfilment).
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ async def audit_order(
     else:
         short = HoldReason.STOCK_SHORTAGE in order.hold_reasons
     at = order.updated_at
-    ctx = holds.AuditContext(now=at, stock_short=short)
+    buyer = await _buyer_activity(order, policy, uow)
+    ctx = holds.AuditContext(
+        now=at, buyer=buyer, stock_short=short, addresses_new=_addresses_new(order)
+    )
     result = holds.evaluate(order, policy.rules, ctx)
     if result.action is holds.HoldAction.NONE:
         return result.action
@@ -46,6 +55,32 @@ async def audit_order(
     if result.action is holds.HoldAction.RELEASE:
         await _after_release(order, before, uow, cause)
     return result.action
+
+
+async def _buyer_activity(
+    order: Order, policy: holds.HoldPolicy, uow: UnitOfWork
+) -> holds.BuyerActivity | None:
+    window = policy.burst_window
+    if window is None or uow.fingerprints is None:
+        return None
+    # Orders past auditing (arrived shipped, cancelled) still count for the others.
+    audited = order.status is OrderStatus.ON_HOLD or order.status in holds.AUDITED
+    return await uow.fingerprints.record(
+        order.id,
+        order.placed_at or order.created_at,
+        holds.buyer_fingerprint(order),
+        window if audited else None,
+    )
+
+
+def _addresses_new(order: Order) -> bool:
+    """Created, or an address changed, in the change being audited (not yet taken)."""
+    return any(
+        h.from_status is None or _ADDRESSES.intersection(h.changed) for h in order.new_history
+    )
+
+
+_ADDRESSES = frozenset({"shipping_address", "billing_address"})
 
 
 async def _after_release(

@@ -21,6 +21,7 @@ from ordersync.entrypoints.api.deps import decode_cursor, encode_cursor, hub, js
 from ordersync.entrypoints.api.errors import ApiProblem
 from ordersync.entrypoints.api.schemas import (
     HistoryOut,
+    OrderAllocatedEvent,
     OrderIn,
     OrderOut,
     OrderPage,
@@ -28,6 +29,9 @@ from ordersync.entrypoints.api.schemas import (
 )
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
+# Outbound order events, for the OpenAPI `webhooks` section (`app.webhooks.include_router`):
+# documentation only, nothing is served here.
+events = APIRouter(tags=["events"])
 
 Reader = Annotated[str, Depends(require(Scope.ORDERS_READ))]
 Writer = Annotated[str, Depends(require(Scope.ORDERS_WRITE))]
@@ -68,6 +72,8 @@ async def list_orders(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
+    """With inventory configured (`locations`), each line shows its `allocations` as on
+    `GET /v1/orders/{id}`, and `routing` is the decision's summary (no `explanation`)."""
     after = decode_cursor(cursor)
     if after is not None and not isinstance(after, str):
         raise ApiProblem(400, "invalid_cursor", "the cursor is not one this API returned")
@@ -81,6 +87,10 @@ async def list_orders(
     )
     more = len(rows) > limit
     rows = rows[:limit]
+    h = hub(request)
+    if h.inventory is not None and rows:  # one query for the page's allocations and routing
+        found = await routing_store.fulfilment_of_orders(h.db, [doc["id"] for doc in rows])
+        rows = [with_fulfilment(doc, *found.get(doc["id"], ((), None))) for doc in rows]
     return json_response(
         {"data": rows, "next_cursor": encode_cursor(rows[-1]["id"]) if more else None}
     )
@@ -146,3 +156,23 @@ async def _with_fulfilment(request: Request, doc: dict[str, Any], order_id: str)
         return json_response(doc)
     allocations, routing = await routing_store.fulfilment_of(h.db, order_id)
     return json_response(with_fulfilment(doc, allocations, routing))
+
+
+@events.post(
+    "order.allocated",
+    summary="order.allocated: stock reserved, which location picks what",
+    operation_id="order.allocated",
+    status_code=200,
+    responses={200: {"description": "Any 2xx acknowledges the event"}},
+)
+async def order_allocated(event: OrderAllocatedEvent) -> None:
+    """Sent to destinations subscribed to `order.allocated` (or `order.*`) when routing
+    reserves stock for an order, in the same transaction. Standard Webhooks: headers
+    `webhook-id` (stable across retries: dedupe on it), `webhook-timestamp` and
+    `webhook-signature`. Any 2xx acknowledges it; anything else is retried.
+
+    `data` is the order as in `order.*` events plus, per line, `allocations`
+    (location_id, quantity) and the `routing` summary. The units of a line across its
+    allocations add up to its quantity unless part is backordered (`routing.backordered`).
+    Examples in this document leave out fields whose value is null; bodies carry them.
+    """
