@@ -15,7 +15,7 @@ from sqlalchemy import event
 from ordersync.bootstrap import Hub
 from ordersync.config import settings_from_mapping
 
-from .conftest import ClientFactory, HubStarter
+from .conftest import ClientFactory, Eventually, HubStarter, Sinks
 
 WMS_KEY = "sk_test_wms_allocations_9c3e"
 SHOP_KEY = "sk_test_shop_allocations_1f7a"
@@ -233,3 +233,43 @@ async def test_a_page_reads_its_allocations_and_routing_in_one_query_whatever_it
     assert all(picks(o) != [[]] for o in six["data"])
     assert len(fulfilment_reads(small)) == 1
     assert len(fulfilment_reads(large)) == 1
+
+
+async def test_the_wms_is_sent_order_allocated_with_each_lines_location(
+    start_hub: HubStarter,
+    database_url: str,
+    client_for: ClientFactory,
+    sinks: Sinks,
+    eventually: Eventually,
+) -> None:
+    """Subscribed to `order.allocated` only: a split order tells it who picks what."""
+    raw: dict[str, Any] = {
+        "database_url": database_url,
+        "api_keys": [
+            {"id": "shop", "key": SHOP_KEY, "scopes": ["orders:read", "orders:write"]},
+            {"id": "wms", "key": WMS_KEY, "scopes": ["inventory:read", "inventory:write"]},
+        ],
+        "locations": LOCATIONS,
+        "destinations": [
+            {
+                "id": "wms",
+                "url": sinks.wms.events_url,
+                "secret": sinks.wms.secret,
+                "events": ["order.allocated"],
+                "retry_schedule": [0.05],
+            }
+        ],
+    }
+    hub = await start_hub(settings_from_mapping(raw, env={}))
+    room = Warehouse(hub, client_for(hub, WMS_KEY), client_for(hub, SHOP_KEY))
+    await room.stock("BLUE-TEAPOT", berlin_dc=3)
+    await room.stock("MATCHA-CUP", paris_store=8)
+
+    order_id = await room.order("EVENT-SPLIT", {"BLUE-TEAPOT": 1, "MATCHA-CUP": 4})
+    await eventually(lambda: len(sinks.wms.ledger) == 1, "order.allocated at the WMS")
+    (sent,) = sinks.wms.ledger
+
+    assert (sent.type, sent.order_id) == ("order.allocated", order_id)
+    assert picks(sent.data) == [[("berlin-dc", 1)], [("paris-store", 4)]]
+    assert sent.data["routing"]["outcome"] == "routed"
+    assert "explanation" not in sent.data["routing"]

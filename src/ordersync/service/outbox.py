@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ordersync.domain.codec import fmt_time, order_to_dict
+from ordersync.domain.codec import event_data, fmt_time, order_to_dict
 from ordersync.domain.events import OrderEvent
 from ordersync.domain.orders import Order
 from ordersync.ids import new_id
@@ -92,7 +92,11 @@ def outbox_entries(
             order_id=order.id,
             version=e.version,
             body=orjson.dumps(
-                {"type": e.type.value, "timestamp": fmt_time(e.occurred_at), "data": data}
+                {
+                    "type": e.type.value,
+                    "timestamp": fmt_time(e.occurred_at),
+                    "data": event_data(data, e),
+                }
             ),
             destinations=router.destinations_for(e.type.value, order.channel_id),
         )

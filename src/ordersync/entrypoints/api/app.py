@@ -55,4 +55,5 @@ def create_app(hub: Hub, *, manage_hub: bool = True) -> FastAPI:
     app.include_router(carrier_rules.router)
     app.include_router(return_routes.router)
     app.include_router(group_routes.router)
+    app.webhooks.include_router(orders.events)  # outbound events, documented
     return app

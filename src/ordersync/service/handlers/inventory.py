@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from ordersync.domain import stock_commands as sc
+from ordersync.domain.codec import allocated_event
 from ordersync.domain.errors import DomainError, IdempotencyKeyReused, InvalidTransition
 from ordersync.domain.inventory import (
     Inventory,
@@ -393,7 +394,7 @@ async def _reserve(
         return decision
     ttl = policy.unpaid_ttl
     expires = at + ttl if ttl is not None and not secured else None
-    inv.reserve_allocations(
+    made = inv.reserve_allocations(
         order.id,
         [(ln.sku, a.location_id, a.quantity) for ln in decision.lines for a in ln.allocations],
         at=at,
@@ -401,4 +402,8 @@ async def _reserve(
         new_id=_res_id,
     )
     inv.record_decision(record)
+    # The event a WMS picks from: which location holds how many units of each line.
+    order.new_events.append(
+        allocated_event(order, [(r.sku, r.location_id, r.quantity) for r in made], record, at)
+    )
     return decision
