@@ -573,12 +573,12 @@ class SqlStockRepository(StockRepository):
                 ([r[0] for r in event_rows], "text"),
                 ([r[1] for r in event_rows], "text"),
                 ([r[2] for r in event_rows], "text"),
-                ([r[3].hex() for r in event_rows], "text"),
+                ([r[3].decode() for r in event_rows], "text"),  # JSON: UTF-8 text
             ]
             parts.append(
                 "INSERT INTO events (id, type, order_id, order_version, created_us, body,"  # noqa: S608 - constants
                 f" published_us) SELECT v.id, v.type, v.order_id, 0, {now},"
-                f" decode(v.body, 'hex'), {now} FROM {args.unnest(cols)}"
+                f" convert_to(v.body, 'UTF8'), {now} FROM {args.unnest(cols)}"
                 " AS v(id, type, order_id, body)"
             )
         if not parts:
