@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ordersync.domain.errors import DomainError, InvalidTransition
 
@@ -85,8 +85,10 @@ class UnknownLocation(DomainError):
     code = "unknown_location"
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
+# LedgerEntry and StockEvent are made once per reservation on the flash-sale path: named
+# tuples (immutable, built in C) cost a fifth of a frozen dataclass, whose __init__ sets
+# each field through object.__setattr__.
+class LedgerEntry(NamedTuple):
     sku: str
     location_id: str
     cause: MovementCause
@@ -97,8 +99,7 @@ class LedgerEntry:
     reservation_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StockEvent:
+class StockEvent(NamedTuple):
     type: StockEventType
     sku: str
     location_id: str | None  # None for a shortage: no location could serve it
