@@ -309,6 +309,61 @@ async def test_receiving_a_return_twice_or_an_unknown_sku_is_refused_and_changes
     assert await snapshot(w, order_id) == before
 
 
+async def pickup_of(w: World, order_id: str) -> dict[str, Any]:
+    shipments = (await w.api.get(f"/v1/orders/{order_id}/shipments")).json()["data"]
+    [pickup] = [s for s in shipments if s["direction"] == "return"]
+    return pickup  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", ["kdniao", "kuaidi100", "generic"])
+async def test_a_receipt_by_hand_cancels_the_pickup_waybill_with_the_carrier(
+    world: World, kind: str
+) -> None:
+    """The goods came back over the counter: the pickup nobody will hand over is cancelled
+    with its carrier (Kdniao 1147, Kuaidi100 cancel, the generic DELETE), and the outcome is
+    kept with the pickup."""
+    w = world
+    order_id = await shipped_order(w, f"RET-COUNTER-{kind}")
+    ret = (await ask_return(w, order_id, [("BLUE-TEAPOT", 1)], kind)).json()
+
+    response = await w.api.post(f"/v1/returns/{ret['id']}/receive", json={})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "received"
+    number = ret["tracking_number"]
+    assert (kind, "cancel", number) in w.sim.calls
+    assert w.sim.parcels[number].cancelled
+    pickup = await pickup_of(w, order_id)
+    assert (pickup["active"], pickup["carrier_cancel"]["state"]) == (False, "cancelled")
+
+
+async def test_a_carrier_refusing_to_cancel_the_pickup_does_not_undo_the_receipt(
+    world: World,
+) -> None:
+    """Kdniao refuses the cancellation: the receipt still succeeds (restocked, refunded)
+    and the refusal is recorded with the pickup."""
+    w = world
+    order_id = await shipped_order(w, "RET-COUNTER-REFUSED")
+    ret = (await ask_return(w, order_id, [("BLUE-TEAPOT", 1)])).json()
+    teapots = await on_hand(w, "BLUE-TEAPOT")
+    w.sim.fail("kdniao", refuse=True)
+
+    response = await w.api.post(f"/v1/returns/{ret['id']}/receive", json={})
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["refund_amount"]) == ("received", "45.00")
+    assert await on_hand(w, "BLUE-TEAPOT") == {
+        **teapots,
+        WAREHOUSE: teapots[WAREHOUSE] + 1,
+    }
+    assert not w.sim.parcels[ret["tracking_number"]].cancelled
+    pickup = await pickup_of(w, order_id)
+    assert pickup["active"] is False
+    assert pickup["carrier_cancel"]["state"] == "failed"
+    types = [t for t, _ in await events(w, order_id)]
+    assert (types.count("return.received"), types.count("order.refunded")) == (1, 1)
+
+
 async def test_returning_more_than_was_shipped_is_refused_with_no_change(world: World) -> None:
     """Three whisks shipped, two already on their way back: asking for two more is a 422,
     nothing is booked with the carrier, stored or published."""

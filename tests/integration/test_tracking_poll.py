@@ -11,7 +11,9 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+import sqlalchemy as sa
 from pydantic import SecretStr
 
 from ordersync.adapters.db.carrier_rules import SqlPollStore
@@ -131,7 +133,10 @@ async def booked(w: World, kind: str, external_id: str) -> dict[str, Any]:
 
 
 async def shipment_of(w: World, order_id: str) -> dict[str, Any]:
-    [shipment] = (await w.api.get(f"/v1/orders/{order_id}/shipments")).json()["data"]
+    shipments: list[dict[str, Any]] = (await w.api.get(f"/v1/orders/{order_id}/shipments")).json()[
+        "data"
+    ]
+    [shipment] = shipments
     return shipment
 
 
@@ -268,6 +273,51 @@ async def test_a_parcel_older_than_max_age_expires_without_a_query(
     assert queried(w.sim, "kuaidi100") == []
     state, polled_at = await w.polls.poll_state(shipment["id"])
     assert (state, polled_at) == ("expired", BOOKED + 72 * H)
+
+
+async def test_an_expired_parcel_is_told_once_by_an_event_and_an_alert(
+    start_world: StartWorld, query: Query
+) -> None:
+    """Retired at max age: one `shipment.tracking_expired` event and one alert of that
+    kind (counted in the metrics); a round that finds it again (a crash before it was
+    retired) retires it without telling twice."""
+    w = await start_world(max_age=2 * 86400)
+    shipment = await booked(w, "kuaidi100", "POLL-LOST")
+    order_id = shipment["order_id"]
+    w.clock.now = BOOKED + 72 * H
+
+    await w.poller.poll_once()
+    await execute(w.hub, "UPDATE shipments SET poll_state = NULL, polled_us = NULL")
+    w.clock.now += 2 * INTERVAL
+    reports = {r.carrier_id: r for r in await w.poller.poll_once()}
+
+    types = await event_types(query, w.hub, order_id)
+    assert types.count("shipment.tracking_expired") == 1
+    assert types.count("alert.raised") == 1
+    [(body,)] = await query(
+        w.hub,
+        "SELECT body FROM events WHERE order_id = :o AND type = 'shipment.tracking_expired'",
+        o=order_id,
+    )
+    data = orjson.loads(body)["data"]
+    assert (data["id"], data["status"], data["max_age_seconds"]) == (
+        shipment["id"],
+        "pending",
+        2 * 86400,
+    )
+    [alert] = (await w.api.get("/v1/alerts")).json()["data"]
+    assert (alert["shipment_id"], alert["rule"]) == (shipment["id"], "shipment.tracking_expired")
+    metric = w.hub.metrics.registry.get_sample_value(
+        "ordersync_alerts_raised_total", {"rule": "shipment.tracking_expired"}
+    )
+    assert metric == 1
+    assert reports[CARRIER_IDS["kuaidi100"]].expired == 1
+    assert (await w.polls.poll_state(shipment["id"]))[0] == "expired"
+
+
+async def execute(hub: Hub, sql: str, **params: Any) -> None:
+    async with hub.db.write() as conn:
+        await conn.execute(sa.text(sql), params)
 
 
 async def test_a_carrier_that_is_down_is_asked_again_after_the_interval(

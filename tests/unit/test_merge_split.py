@@ -13,6 +13,7 @@ from ordersync.domain.merge_split import (
     MergePolicy,
     Origin,
     join,
+    leave,
     merge,
     mergeable,
     order_group,
@@ -178,3 +179,56 @@ def test_joining_only_some_parts_of_a_split_is_refused() -> None:
 
     with pytest.raises(GroupingError, match="not every part"):
         join(parts[:1], at=AT)
+
+
+def test_an_order_leaving_a_three_order_shipment_leaves_the_other_two_merged() -> None:
+    """Mei Lin cancels the cups: the teapot and the matcha still travel together."""
+    teapot = order_group(make_order("ord_1", external_id="1"))
+    cups = order_group(make_order("ord_2", external_id="2", lines=(TEA_CUP,)))
+    matcha = order_group(make_order("ord_3", external_id="3", lines=(MATCHA,)))
+    (parcel,) = merge([teapot, cups, matcha], "grp_meilin", at=AT).groups
+
+    result = leave(parcel, "ord_2", at=AT, why="cancelled")
+
+    (smaller,) = result.groups
+    assert smaller.id == "grp_meilin"
+    assert smaller.kind is Origin.MERGE
+    assert smaller.order_ids == ("ord_1", "ord_3")
+    assert smaller.origin == (teapot, matcha)
+    assert unmerge(smaller, at=AT).groups == (teapot, matcha)
+    assert [(e.type, e.order_id, e.group_ids, e.cause) for e in result.history] == [
+        (GroupingEventType.UNMERGED, "ord_2", (), "group:leave"),
+        (GroupingEventType.MERGED, "ord_1", ("grp_meilin",), "group:leave"),
+        (GroupingEventType.MERGED, "ord_3", ("grp_meilin",), "group:leave"),
+    ]
+    assert (
+        result.history[0].description == "order ord_2 left merged shipment grp_meilin (cancelled)"
+    )
+
+
+def test_a_merged_shipment_left_with_one_order_dissolves() -> None:
+    """The teapot is refunded: the cups ship on their own again, exactly as placed."""
+    teapot = order_group(make_order("ord_1", external_id="1"))
+    cups = order_group(make_order("ord_2", external_id="2", lines=(TEA_CUP,)))
+    (parcel,) = merge([teapot, cups], "grp_meilin", at=AT).groups
+
+    result = leave(parcel, "ord_1", at=AT, why="refunded")
+
+    assert result.groups == (cups,)
+    assert [(e.type, e.order_id, e.group_ids) for e in result.history] == [
+        (GroupingEventType.UNMERGED, "ord_1", ()),
+        (GroupingEventType.UNMERGED, "ord_2", ("grp_ord_2",)),
+    ]
+    assert "dissolved" in result.history[1].description
+
+
+def test_only_a_member_of_a_merged_shipment_can_leave_it() -> None:
+    """An order shipping as placed, or a stranger to the group, has nothing to leave."""
+    teapot = order_group(make_order("ord_1", external_id="1"))
+    cups = order_group(make_order("ord_2", external_id="2", lines=(TEA_CUP,)))
+    (parcel,) = merge([teapot, cups], "grp_meilin", at=AT).groups
+
+    with pytest.raises(GroupingError, match="not a merged group"):
+        leave(teapot, "ord_1", at=AT, why="cancelled")
+    with pytest.raises(GroupingError, match="not in grp_meilin"):
+        leave(parcel, "ord_9", at=AT, why="cancelled")

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ordersync.domain.shipments import (
+    CallbackRetry,
     CodeMapping,
     Correction,
     MappingConflictError,
@@ -248,3 +249,31 @@ def test_any_permutation_of_callbacks_yields_the_same_final_shipment(
     assert other.status is reference.status
     assert other.picked_up_at == reference.picked_up_at
     assert other.status_since == reference.status_since
+
+
+def test_a_failing_callback_is_retried_after_doubling_waits_then_parked() -> None:
+    """5 s, 10 s, 20 s, capped at 30 s; the fifth failure parks it (no retry time)."""
+    retry = CallbackRetry(max_attempts=5, base=timedelta(seconds=5), cap=timedelta(seconds=30))
+
+    waits = [retry.next_try(n, T0) for n in range(1, 6)]
+
+    assert [None if w is None else (w - T0).total_seconds() for w in waits] == [
+        5.0,
+        10.0,
+        20.0,
+        30.0,
+        None,
+    ]
+
+
+def test_a_callback_retry_policy_must_allow_at_least_one_attempt() -> None:
+    """`max_attempts: 0` would park every callback unapplied: refused."""
+    with pytest.raises(ValueError, match="max_attempts"):
+        CallbackRetry(max_attempts=0)
+
+
+def test_a_huge_attempt_count_waits_the_cap_instead_of_overflowing() -> None:
+    """A policy allowing thousands of attempts still computes a wait (the cap)."""
+    retry = CallbackRetry(max_attempts=10_000, cap=timedelta(minutes=10))
+
+    assert retry.next_try(5_000, T0) == T0 + timedelta(minutes=10)

@@ -42,6 +42,9 @@ class AlertKind(StrEnum):
     DELIVERY_OVERDUE = "shipment.delivery_overdue"
     PICKUP_POINT_WAIT = "shipment.pickup_point_wait"
     TRACKING_CORRECTED = "shipment.tracking_corrected"
+    # Raised by what happened, not by a timer rule (no `Rule` has these kinds):
+    CALLBACK_PARKED = "shipment.callback_parked"  # its callbacks kept failing to apply
+    TRACKING_EXPIRED = "shipment.tracking_expired"  # polled to `max_age`, never final
 
 
 @dataclass(frozen=True, slots=True)

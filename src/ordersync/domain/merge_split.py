@@ -91,6 +91,12 @@ class GroupingEntry:
     group_ids: tuple[str, ...]  # the groups the order is in afterwards
     description: str
     at: datetime
+    reason: str | None = None  # why, when the step followed the order (cause `group:<reason>`)
+
+    @property
+    def cause(self) -> str:
+        """The order-history cause: the event type's, or `group:<reason>` (e.g. `group:leave`)."""
+        return self.type.cause if self.reason is None else f"group:{self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +207,48 @@ def unmerge(group: ShipmentGroup, *, at: datetime) -> GroupingResult:
         for o in group.order_ids
     )
     return GroupingResult(group.origin, history)
+
+
+def leave(group: ShipmentGroup, order_id: str, *, at: datetime, why: str) -> GroupingResult:
+    """An order leaves a merged shipment (say, it was cancelled): its items come out.
+
+    Two or more orders left: the group keeps its id and ships them (its `origin` loses the
+    order's own group, so `unmerge` still gives back exactly what is in it). One left: the
+    group dissolves and that order ships on its own again, as placed. Every order touched
+    gets an entry with the reason `leave`: `order.unmerged` for the order that left and for
+    one shipping on its own again, `order.merged` (the group as it is now) for the rest.
+    """
+    if group.kind is not Origin.MERGE:
+        raise GroupingError(f"{group.id} is not a merged group")
+    if order_id not in group.order_ids:
+        raise GroupingError(f"order {order_id} is not in {group.id}")
+    origin = tuple(g for g in group.origin if order_id not in g.order_ids)
+    items = tuple(i for i in group.items if i.order_id != order_id)
+    left = f"order {order_id} left merged shipment {group.id} ({why})"
+    history = [GroupingEntry(GroupingEventType.UNMERGED, order_id, (), left, at, "leave")]
+    rest = tuple(dict.fromkeys(i.order_id for i in items))
+    if len(rest) >= 2:
+        smaller = ShipmentGroup(
+            group.id, items, group.address_key, group.location_id, Origin.MERGE, origin
+        )
+        now = f"{left}: it now ships orders {', '.join(rest)}"
+        history += [
+            GroupingEntry(GroupingEventType.MERGED, o, (group.id,), now, at, "leave") for o in rest
+        ]
+        return GroupingResult((smaller,), tuple(history))
+    alone = f"{left}: shipment {group.id} dissolved, the order ships on its own again"
+    history += [
+        GroupingEntry(
+            GroupingEventType.UNMERGED,
+            o,
+            tuple(g.id for g in origin if o in g.order_ids),
+            alone,
+            at,
+            "leave",
+        )
+        for o in rest
+    ]
+    return GroupingResult(origin, tuple(history))
 
 
 # ---- split ------------------------------------------------------------------------------

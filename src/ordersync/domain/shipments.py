@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -421,3 +421,24 @@ def delivered_at(shipments: Iterable[Shipment]) -> datetime | None:
         if s.status is ShipmentStatus.DELIVERED and (e := s.status_event) is not None
     ]
     return max(times, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRetry:
+    """When a shipment's recorded callbacks that failed to apply are tried again: after
+    `base`, doubling per failure up to `cap`; after `max_attempts` failures they are parked
+    (left for an operator to look at and replay) instead of being retried forever."""
+
+    max_attempts: int = 10
+    base: timedelta = timedelta(seconds=5)
+    cap: timedelta = timedelta(minutes=10)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def next_try(self, attempts: int, now: datetime) -> datetime | None:
+        """After the `attempts`-th failure: when to try again (None: park it)."""
+        if attempts >= self.max_attempts:
+            return None
+        return now + min(self.base * (1 << min(max(attempts - 1, 0), 30)), self.cap)

@@ -9,7 +9,9 @@ inside the callback's own transaction. When the parcel is delivered (back at the
 warehouse), or an operator records the receipt, each line is restocked to the location
 the goods were shipped from (ledger cause `return`) or written off, and the refund is
 published: the order's payment status moves, `order.refunded` carries the amount, and
-`return.received` the whole return. All of it commits in one transaction, or none.
+`return.received` the whole return. All of it commits in one transaction, or none. A
+receipt by hand closes the pickup and then cancels its waybill with the carrier (a
+refusal is recorded with the pickup as `carrier_cancel`; the receipt stands).
 
 Locks are taken order first, then the return (as for shipments).
 """
@@ -242,6 +244,12 @@ class ReturnService:
             order_id,
             subscribed=subscribed,
             direction=RETURN_DIRECTION,
+            # What cancelling the pickup with the carrier needs (a receipt by hand).
+            booking={
+                "carrier_ref": result.carrier_ref,
+                "label_url": result.label_url,
+                "order_ref": booking.order_id,
+            },
         )
         ret = Return(
             return_id,
@@ -304,21 +312,29 @@ class ReturnService:
                     409, "return_already_received", f"return {return_id} is already received"
                 )
             await self._receive(tx, order, ret, decisions, ReceivedBy.MANUAL, now)
-            await self._close_pickup(tx, order, ret, now)
+            closed = await self._close_pickup(tx, order, ret, now)
             await tx.commit()
+        if closed is not None:
+            # After the receipt has committed: a carrier that refuses or cannot be reached
+            # is logged and recorded with the pickup (`carrier_cancel`); the receipt stands.
+            await self.shipments.cancel_with_carrier(closed)
         return ret
 
-    async def _close_pickup(self, tx: ReturnTx, order: Order, ret: Return, now: datetime) -> None:
+    async def _close_pickup(
+        self, tx: ReturnTx, order: Order, ret: Return, now: datetime
+    ) -> ShipmentRecord | None:
         """The goods came back by hand: the reverse pickup is no longer awaited, so it is
-        deactivated (no timer: no `no_pickup` alert for a parcel nobody will hand over)."""
+        deactivated (no timer: no `no_pickup` alert for a parcel nobody will hand over).
+        Returns it if it was closed here (its waybill is then cancelled with the carrier)."""
         if ret.shipment_id is None:
-            return
+            return None
         record = await tx.shipments.shipment(ret.shipment_id)
         if record is None or not record.active:
-            return
+            return None
         record.active, record.cancelled_at = False, now
         await tx.shipments.update_shipment(record, None, now)
         tx.emit(self._entry(SHIPMENT_UPDATED, order, record.view(), now))
+        return record
 
     async def on_shipment_update(
         self, stx: ShipmentTx, order: Order, record: ShipmentRecord, now: datetime

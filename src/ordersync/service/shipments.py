@@ -18,7 +18,10 @@ Rows a crash left `received` are applied by the sweep (one process, under the
 "shipments-sweep" lease; it leaves alone what this process's processor has queued); row
 locks make a second processor find nothing left to do. `inline_callbacks` applies before
 answering (tests). Locks are taken orders first (in id order), shipments second, inbox rows
-third.
+third. A shipment whose callbacks fail to apply is retried with backoff (`callback_retry`;
+the sweep skips it until then) and, after `max_attempts` failures, its callbacks are
+parked: a `shipment.callback_parked` alert, `GET /v1/carrier-callbacks/parked`, and a
+replay that applies one once.
 
 An order follows its active outbound shipments (`fulfillment_of`): some picked up emits
 `order.partially_shipped`, all picked up moves it to shipped, all delivered to delivered
@@ -34,7 +37,6 @@ timer, and the `alerts` unique key (shipment, rule) means none is raised twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -68,6 +70,7 @@ from ordersync.domain.errors import InvalidTransition, OrderNotFound
 from ordersync.domain.order_status import OrderStatus, check_transition, is_behind
 from ordersync.domain.orders import Order
 from ordersync.domain.shipments import (
+    CallbackRetry,
     FulfillmentStatus,
     MappingTable,
     Shipment,
@@ -88,12 +91,14 @@ from ordersync.service.carrier_booking import (
 )
 from ordersync.service.handlers.inventory import on_order_change
 from ordersync.service.outbox import EventRouter, OutboxEntry
+from ordersync.service.singleton import cancel_and_wait, cancelling
 from ordersync.service.unit_of_work import OrderRepository, UnitOfWork
 
 log = logging.getLogger(__name__)
 
 SHIPMENT_CREATED = "shipment.created"
 SHIPMENT_UPDATED = "shipment.updated"
+SHIPMENT_TRACKING_EXPIRED = "shipment.tracking_expired"  # polled to max_age, never final
 ALERT_RAISED = "alert.raised"
 ORDER_PARTIALLY_SHIPPED = "order.partially_shipped"
 ORDER_REVIEW_REQUESTED = "order.review_requested"
@@ -352,6 +357,31 @@ class ShipmentStore(Protocol):
         """(order id, kind) of reminders due and not sent."""
         ...
 
+    async def note_apply_failure(
+        self,
+        carrier_id: str,
+        tracking_number: str,
+        error: str,
+        now: datetime,
+        retry: CallbackRetry,
+    ) -> list[str]:
+        """Count a failed application against the shipment's `received` callbacks (each
+        then waits for `retry.next_try`, or is parked); the callback ids parked now."""
+        ...
+
+    async def held_back(self, now: datetime) -> set[tuple[str, str]]:
+        """(carrier id, tracking number) whose `received` callbacks wait for a retry."""
+        ...
+
+    async def parked_callbacks(self, limit: int) -> list[dict[str, Any]]: ...
+
+    async def unpark_callback(
+        self, carrier_id: str, callback_id: str
+    ) -> tuple[str, str | None] | None:
+        """Parked -> `received`, attempts reset; (outcome before, tracking number), or
+        None if there is no such callback."""
+        ...
+
 
 class AlertObserver(Protocol):
     """Metrics: each alert raised, and the unresolved alerts per rule."""
@@ -415,6 +445,11 @@ class ShipmentService:
     # Callbacks arriving together are recorded in one transaction (group commit: each is
     # still answered only after the commit that holds it).
     record_batch: int = 256
+    # A shipment whose recorded callbacks keep failing to apply (a bug, a bad mapping) is
+    # retried with backoff, then its callbacks are parked after `callback_retry.max_attempts`
+    # failures (a `shipment.callback_parked` alert; `parked_callbacks`, `replay_callback`)
+    # instead of being retried by every sweep forever.
+    callback_retry: CallbackRetry = field(default_factory=CallbackRetry)
     _sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
     _processor: asyncio.Task[None] | None = field(default=None, repr=False)
     _pending: set[tuple[str, str]] = field(default_factory=set, repr=False)
@@ -440,10 +475,9 @@ class ShipmentService:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="shipment-timers")
 
     async def stop_sweep(self) -> None:
+        # Cleared only once it has ended: a stop cancelled half-way is finished by the next.
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait(self._sweeper)
             self._sweeper = None
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -456,9 +490,7 @@ class ShipmentService:
             self._wakeup.set()
             done, _ = await asyncio.wait({task}, timeout=grace)
             if not done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
             self._stopping = False
         recorder = self._recorder
         if recorder is not None and not recorder.done():  # callbacks being recorded
@@ -470,7 +502,9 @@ class ShipmentService:
             try:
                 await self.process_received()
                 await self.sweep()
-            except Exception:  # the timer must survive a database restart
+            except Exception as e:  # the timer must survive a database restart
+                if cancelling():  # ... but not its stop (a cleanup failed while unwinding)
+                    raise asyncio.CancelledError from e
                 log.warning("shipment timer sweep failed", exc_info=True)
             await asyncio.sleep(self.sweep_interval)
 
@@ -594,25 +628,34 @@ class ShipmentService:
             tx.emit(self._entry(SHIPMENT_CREATED, locked, record.view(), now))
             await self._commit(tx)
         self.shipment_committed(account.carrier_id, result.tracking_number)
-        for old in replaced:
-            try:
-                await self._cancel_with_carrier(old)
-            except Exception:  # the new booking stands; the old waybill is merely unused
-                sid = old.shipment.shipment_id
-                log.warning("recording the cancellation of %s failed", sid, exc_info=True)
+        for old in replaced:  # the new booking stands; the old waybill is merely unused
+            await self.cancel_with_carrier(old)
         return record
 
+    async def cancel_with_carrier(self, old: ShipmentRecord) -> None:
+        """Cancel a waybill no longer needed (re-booked elsewhere, a return received by
+        hand) with its carrier, after the change that dropped it has committed (a crash in
+        between leaves an unused waybill, never an order without one), and keep the outcome
+        with the shipment (`carrier_cancel`). A refusal or an unreachable carrier is logged
+        and recorded as `failed`; nothing here fails the caller."""
+        try:
+            await self._cancel_with_carrier(old)
+        except Exception as e:
+            if cancelling():
+                raise asyncio.CancelledError from e
+            sid = old.shipment.shipment_id
+            log.warning("recording the cancellation of %s failed", sid, exc_info=True)
+
     async def _cancel_with_carrier(self, old: ShipmentRecord) -> None:
-        """Cancel a replaced waybill with its carrier, after the switch has committed (a
-        crash in between leaves an unused waybill, never an order without one), and keep
-        the outcome with the old shipment."""
         s = old.shipment
         carrier = self.carriers.get(s.carrier_id)
         if carrier is None:  # the carrier was removed from the config since
             outcome = {"state": "unsupported", "detail": f"carrier {s.carrier_id} is gone"}
         else:
             waybill = Waybill(
-                old.order_id,
+                # The order reference the carrier was booked with (a return's pickup: the
+                # return's id), else the order's.
+                str(old.booking.get("order_ref") or old.order_id),
                 s.tracking_number,
                 s.carrier_code,
                 str(old.booking.get("carrier_ref") or ""),
@@ -699,14 +742,21 @@ class ShipmentService:
     ) -> str:
         """Record and apply one tracking update at once (the tracking poller's path), with
         the same inbox dedupe as a push. Returns `applied`, `unchanged`, `duplicate` (seen
-        before), `received` (no such shipment yet) or `unknown_tracking_number`."""
+        before), `received` (no such shipment yet), `failed` (recorded, not applied: retried
+        later) or `unknown_tracking_number`."""
         carrier = self.carrier(carrier_id)
         if source is None:
             [(source, _)] = _sources(carrier.connector.kind, [update], body)
         keys = await self._record(carrier_id, [(source, update)], body)
         if not keys:
             return "duplicate"
-        outcomes = await self.apply_pending(*keys[0])
+        try:
+            outcomes = await self.apply_pending(*keys[0])
+        except Exception as e:  # recorded: retried with backoff by the sweep, or parked
+            if cancelling():
+                raise asyncio.CancelledError from e
+            await self._apply_failed(keys[0], e)
+            return "failed"
         return outcomes.get(source, "received")  # received: waiting for its shipment
 
     async def _record(
@@ -815,17 +865,123 @@ class ShipmentService:
         must not hold back the others). Returns how many callbacks were applied."""
         try:
             return sum(len(o) for o in (await self.apply_batch(keys)).values())
-        except Exception:
-            if len(keys) == 1:  # left `received`: the sweep applies it later
-                log.warning("applying callbacks for %s failed", keys[0][0], exc_info=True)
+        except Exception as e:
+            if cancelling():  # stopping: not a bad shipment (see singleton.cancelling)
+                raise asyncio.CancelledError from e
+            if len(keys) == 1:  # left `received`: retried later, or parked
+                await self._apply_failed(keys[0], e)
                 return 0
         done = 0
         for key in keys:
             try:
                 done += len((await self.apply_batch([key])).get(key, {}))
-            except Exception:
-                log.warning("applying callbacks for %s failed", key[0], exc_info=True)
+            except Exception as e:
+                if cancelling():
+                    raise asyncio.CancelledError from e
+                await self._apply_failed(key, e)
         return done
+
+    async def _apply_failed(self, key: tuple[str, str], error: Exception) -> None:
+        """Count the failure: the shipment's callbacks wait for their retry, or are parked
+        (and an alert raised) once they have failed `callback_retry.max_attempts` times."""
+        carrier_id, tracking_number = key
+        log.warning("applying callbacks for %s failed", carrier_id, exc_info=error)
+        now = self.clock()
+        # The class and first line of the message only (never a traceback's locals).
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        try:
+            parked = await self.store.note_apply_failure(
+                carrier_id, tracking_number, reason[:300], now, self.callback_retry
+            )
+        except Exception as e:
+            if cancelling():
+                raise asyncio.CancelledError from e
+            log.warning("counting the failure for %s failed", carrier_id, exc_info=True)
+            return
+        if not parked:
+            return
+        log.error(
+            "carrier %s: callback(s) %s parked after %d failed attempts",
+            carrier_id,
+            ", ".join(parked),
+            self.callback_retry.max_attempts,
+        )
+        detail = (
+            f"{len(parked)} callback(s) parked after {self.callback_retry.max_attempts}"
+            f" failed attempts to apply them ({reason[:120]})"
+        )
+        try:
+            raised = await self._raise_for_tracking(key, AlertKind.CALLBACK_PARKED, detail, now)
+        except Exception as e:  # the parking stands; the alert is the notice
+            if cancelling():
+                raise asyncio.CancelledError from e
+            log.warning("raising the parked-callback alert failed", exc_info=True)
+            return
+        await self._observe(raised)
+
+    async def _raise_for_tracking(
+        self, key: tuple[str, str], kind: AlertKind, detail: str, now: datetime
+    ) -> list[Alert]:
+        """Raise one alert of `kind` for the shipment of `key`, once per (shipment, kind)."""
+        order_id = await self.store.order_of_tracking(*key)
+        if order_id is None:
+            return []
+        async with self.store.transaction() as tx:
+            order = await tx.orders.get(order_id)
+            record = await tx.shipment_by_tracking(*key)
+            if order is None or record is None:  # pragma: no cover - never deleted
+                return []
+            alert = Alert(record.shipment.shipment_id, kind, now, now, detail)
+            alert_id = new_id("alr")
+            if not await tx.insert_alert(alert_id, alert, order.id):
+                return []
+            tx.emit(self._entry(ALERT_RAISED, order, alert_view(alert, alert_id, order.id), now))
+            await self._commit(tx)
+        return [alert]
+
+    async def parked_callbacks(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Callbacks that failed to apply `callback_retry.max_attempts` times, oldest first."""
+        return await self.store.parked_callbacks(limit)
+
+    async def replay_callback(self, carrier_id: str, callback_id: str) -> dict[str, Any]:
+        """Put a parked callback back and apply it now (with the others its shipment has
+        waiting, in order of arrival). It takes effect once: the inbox row is marked in the
+        transaction of its effect, and a second replay finds it no longer parked (409)."""
+        self.carrier(carrier_id)
+        found = await self.store.unpark_callback(carrier_id, callback_id)
+        if found is None:
+            raise ShipmentError(
+                404, "callback_not_found", f"no callback {callback_id!r} from {carrier_id!r}"
+            )
+        before, tracking_number = found
+        if before != "parked" or tracking_number is None:
+            raise ShipmentError(
+                409, "callback_not_parked", f"callback {callback_id!r} is {before}, not parked"
+            )
+        key = (carrier_id, tracking_number)
+        if key in self._inflight:  # being applied here right now: the processor takes it next
+            self._queue([key])
+            outcome = "queued"
+        else:
+            self._inflight.add(key)
+            try:
+                # None: failed again; `received` once more, retried with backoff (its
+                # attempts count from zero) and parked again if it keeps failing.
+                outcomes = await self._apply_replayed(key)
+                outcome = "failed" if outcomes is None else outcomes.get(callback_id, "received")
+            finally:
+                self._inflight.discard(key)
+        log.info("carrier %s: parked callback %s replayed: %s", carrier_id, callback_id, outcome)
+        return {"carrier_id": carrier_id, "callback_id": callback_id, "outcome": outcome}
+
+    async def _apply_replayed(self, key: tuple[str, str]) -> dict[str, str] | None:
+        try:
+            return await self.apply_pending(*key)
+        except Exception as e:
+            if cancelling():
+                raise asyncio.CancelledError from e
+            await self._apply_failed(key, e)
+            return None
 
     async def process_received(self, limit: int = 500) -> int:
         """Apply every callback still `received` (after a crash, or another process's);
@@ -834,6 +990,8 @@ class ShipmentService:
         skip = set(self._inflight)
         if self._processor is not None:
             skip |= self._pending
+        # Shipments whose callbacks failed to apply wait for their retry time.
+        skip |= await self.store.held_back(self.clock())
         keys = [k for k in await self.store.received_callbacks(limit) if k not in skip]
         done = 0
         size = max(1, self.apply_batch_size)
@@ -1088,10 +1246,52 @@ class ShipmentService:
             return
         try:
             counts = await self.store.open_alert_counts()
-        except Exception:  # metrics must never fail the work they describe
+        except Exception as e:  # metrics must never fail the work they describe
+            if cancelling():  # ... nor keep it from stopping
+                raise asyncio.CancelledError from e
             log.debug("counting open alerts failed", exc_info=True)
             return
         self.observer.open_counts({str(k): 0 for k in AlertKind} | counts)
+
+    async def tracking_expired(
+        self, expired: Sequence[tuple[str, str]], max_age: timedelta, now: datetime
+    ) -> list[Alert]:
+        """Polled parcels that reached `max_age` without a final status, about to be polled
+        no more: per (shipment id, order id) one `shipment.tracking_expired` event and one
+        alert of that kind, in one transaction. The alert's unique key makes it once per
+        shipment: a parcel told before (a crash before it was retired) is not told again."""
+        raised: list[Alert] = []
+        if not expired:
+            return raised
+        async with self.store.transaction() as tx:
+            orders = {o: await tx.orders.get(o) for o in sorted({o for _, o in expired})}
+            for shipment_id, order_id in sorted(expired, key=lambda e: (e[1], e[0])):
+                order = orders.get(order_id)
+                record = await tx.shipment(shipment_id)
+                if order is None or record is None or not record.active:
+                    continue
+                s = record.shipment
+                alert = Alert(
+                    shipment_id,
+                    AlertKind.TRACKING_EXPIRED,
+                    s.booked_at + max_age,
+                    now,
+                    f"still {record.status} {max_age} after booking: no longer polled",
+                    marks_exception=True,
+                )
+                alert_id = new_id("alr")
+                if not await tx.insert_alert(alert_id, alert, order.id):
+                    continue
+                raised.append(alert)
+                data = {**record.view(), "max_age_seconds": int(max_age.total_seconds())}
+                tx.emit(self._entry(SHIPMENT_TRACKING_EXPIRED, order, data, now))
+                tx.emit(
+                    self._entry(ALERT_RAISED, order, alert_view(alert, alert_id, order.id), now)
+                )
+            if raised:
+                await self._commit(tx)
+        await self._observe(raised)
+        return raised
 
     async def promise(self, shipment_id: str, promised_by: datetime) -> ShipmentRecord:
         """Set the delivery date promised for a shipment (`delivery_overdue` counts from

@@ -15,12 +15,37 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ordersync.clock import to_us, utcnow
 from ordersync.ids import new_id
 
 log = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a background task and wait until it has ended.
+
+    Never `with suppress(CancelledError): await task`: if the caller is cancelled while it
+    waits (a stop bounded by a timeout, or a singleton stopping the work it was already
+    winding down after a lost lease), that swallows the caller's own cancellation and it
+    runs on; a `SingletonTask` runner then loops forever and `Hub.stop()` hangs. Waiting
+    with `asyncio.wait` leaves the task's CancelledError in the task and lets ours through.
+    """
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s failed while stopping", task.get_name(), exc_info=task.exception())
+
+
+def cancelling() -> bool:
+    """True once the running task has been asked to stop. A loop that survives errors
+    (`except Exception`) checks it: a cleanup that fails while the cancellation unwinds (a
+    rollback on a connection whose query was just cancelled: "another operation is in
+    progress") replaces the CancelledError with its own error, and the loop must still end.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class LeaseStore(Protocol):
@@ -64,8 +89,7 @@ class SingletonTask:
     async def stop(self) -> None:
         """Stop the work if it runs here and release the lease for a stand-by."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
         if self.active:
             await self._halt()

@@ -3,13 +3,14 @@
 Each round, per polling carrier: take up to `batch` active parcels still tracked
 (`poll_state` NULL) whose last poll is at least `interval` old, never-polled and
 oldest-polled first; retire those booked longer than `max_age` ago (`expired`: polled no
-more); query the rest in the connector's batch size (one parcel per Kdniao or Kuaidi100
-instant query, many per generic tracker query), each query taking a token from the
-carrier's bucket (`rate` per second, bursts of `burst`). Every answer goes through the
-callback path (`ShipmentService.apply_tracking`): the carrier inbox dedupes it (its key is
-a hash of what the carrier said, so an unchanged answer is a no-op), events merge by
-carrier time, the order moves on. Queried parcels are stamped `polled_at`, answered or not
-(a carrier that is down does not starve the others); parcels whose status became final are
+more; a `shipment.tracking_expired` event and alert tell the operator first); query the
+rest in the connector's batch size (one parcel per Kdniao or Kuaidi100 instant query,
+many per generic tracker query), each query taking a token from the carrier's bucket
+(`rate` per second, bursts of `burst`). Every answer goes through the callback path
+(`ShipmentService.apply_tracking`): the carrier inbox dedupes it (its key is a hash of
+what the carrier said, so an unchanged answer is a no-op), events merge by carrier time,
+the order moves on. Queried parcels are stamped `polled_at`, answered or not (a carrier
+that is down does not starve the others); parcels whose status became final are
 retired (`final`).
 
 The loop runs in one process at a time: the embedded process, or the worker holding the
@@ -19,7 +20,6 @@ The loop runs in one process at a time: the embedded process, or the worker hold
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -32,6 +32,7 @@ from ordersync.clock import utcnow
 from ordersync.domain.shipments import TrackingUpdate
 from ordersync.service.carrier_booking import CarrierCallObserver
 from ordersync.service.pull import TokenBucket
+from ordersync.service.singleton import cancel_and_wait, cancelling
 
 if TYPE_CHECKING:
     from ordersync.config import CarrierConfig
@@ -86,7 +87,7 @@ class RoundReport:
     queries: int = 0  # requests sent
     applied: int = 0  # answers that changed a shipment
     unchanged: int = 0  # answers seen before, or adding nothing
-    failed: int = 0  # parcels whose query failed
+    failed: int = 0  # parcels whose query failed, or whose answer failed to apply
     expired: int = 0
     final: int = 0
 
@@ -129,10 +130,8 @@ class TrackingPoller:
             self._task = asyncio.create_task(self._run(), name="tracking-poll")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is not None:  # cleared once ended: a cancelled stop is finished by the next
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:
@@ -141,7 +140,9 @@ class TrackingPoller:
             for carrier_id in self.policies:
                 try:
                     report = await self.poll_carrier(carrier_id)
-                except Exception:  # the poller must survive a database restart
+                except Exception as e:  # the poller must survive a database restart
+                    if cancelling():  # ... but not its stop (see singleton.cancelling)
+                        raise asyncio.CancelledError from e
                     log.warning("tracking poll of %s failed", carrier_id, exc_info=True)
                     continue
                 busy = busy or report.queried + report.expired >= self.policies[carrier_id].batch
@@ -164,8 +165,7 @@ class TrackingPoller:
         now = self.clock()
         due = await self.store.due_for_poll(carrier_id, now - policy.interval, policy.batch)
         old = [t.shipment_id for t in due if now - t.booked_at > policy.max_age]
-        if old:
-            await self.store.retire(old, "expired", now)
+        if old and await self._expire([t for t in due if t.shipment_id in set(old)], policy, now):
             report.expired = len(old)
         live = [t for t in due if t.shipment_id not in set(old)]
         size = max(1, connector.poll_batch)
@@ -199,12 +199,34 @@ class TrackingPoller:
                 )
                 if outcome == "applied":
                     report.applied += 1
+                elif outcome == "failed":  # recorded; the sweep retries it (or parks it)
+                    report.failed += 1
                 else:
                     report.unchanged += 1
             ids = [t.shipment_id for t in chunk]
             await self.store.mark_polled(ids, self.clock())
             report.final += await self.store.retire_final(ids, self.clock())
         return report
+
+    async def _expire(self, old: Sequence[Tracked], policy: PollPolicy, now: datetime) -> bool:
+        """Tell (event + alert, see ShipmentService.tracking_expired), then retire. If the
+        telling fails the parcels are not retired but come back after the interval (not
+        first in every round, starving the live ones)."""
+        ids = [t.shipment_id for t in old]
+        try:
+            await self.service.tracking_expired(
+                [(t.shipment_id, t.order_id) for t in old], policy.max_age, now
+            )
+        except Exception as e:
+            if cancelling():
+                raise asyncio.CancelledError from e
+            log.warning(
+                "telling %d expired parcel(s) failed; retried later", len(ids), exc_info=True
+            )
+            await self.store.mark_polled(ids, now)
+            return False
+        await self.store.retire(ids, "expired", now)
+        return True
 
 
 def policies_from_config(carriers: Sequence[CarrierConfig]) -> dict[str, PollPolicy]:

@@ -8,8 +8,7 @@ change are read `FOR UPDATE` on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -17,16 +16,13 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.shipments import SqlShipmentTx
 from ordersync.adapters.db.unit_of_work import (
     SqlIdempotencyStore,
     SqlOrderRepository,
-    SqlUnitOfWork,
 )
+from ordersync.adapters.db.uow_stores import UowStore
 from ordersync.clock import to_us
-from ordersync.domain.codec import order_from_dict
-from ordersync.domain.orders import Order
 from ordersync.domain.returns import Return
 from ordersync.service.outbox import OutboxEntry
 from ordersync.service.shipments import ShipmentTx
@@ -146,38 +142,14 @@ class SqlReturnTx:
         await self._stx.commit()
 
 
-class SqlReturnStore:
-    def __init__(
-        self,
-        db: Database,
-        uow_factory: Callable[[], SqlUnitOfWork],
-        on_commit: Callable[[set[str]], None] | None = None,
-    ) -> None:
-        self.db = db
-        self._uow_factory = uow_factory
-        self._on_commit = on_commit
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlReturnTx]:
-        uow = self._uow_factory()
-        try:
-            yield SqlReturnTx(SqlShipmentTx(uow))
-        finally:
-            await uow.rollback()  # a no-op after commit
-        if uow.committed_destinations and self._on_commit is not None:
-            self._on_commit(uow.committed_destinations)
+class SqlReturnStore(UowStore):
+    def transaction(self) -> AbstractAsyncContextManager[SqlReturnTx]:
+        return self._transaction(lambda uow: SqlReturnTx(SqlShipmentTx(uow)))
 
     def within(self, tx: ShipmentTx) -> SqlReturnTx:
         if not isinstance(tx, SqlShipmentTx):
             raise TypeError(f"a SQL return store cannot join a {type(tx).__name__}")
         return SqlReturnTx(tx)
-
-    async def load_order(self, order_id: str) -> Order | None:
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(text("SELECT doc FROM orders WHERE id = :id"), {"id": order_id})
-            ).first()
-        return None if row is None else order_from_dict(orjson.loads(row[0]))
 
     async def stored_response(self, principal: str, key: str) -> StoredResponse | None:
         async with self.db.read() as conn:

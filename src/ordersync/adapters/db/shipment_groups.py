@@ -6,12 +6,16 @@ entries commit together. Orders are locked through the unit of work's repository
 (`FOR UPDATE` on PostgreSQL; SQLite has one writer at a time) BEFORE their groups are
 read: membership rows change only under the locks of every order they name.
 Plain SQL that runs unchanged on SQLite and PostgreSQL.
+
+The same transaction object is how a group follows its orders inside someone else's unit
+of work (a status change, a carrier callback): this module registers it with the grouping
+service as the SQL unit of work's `GroupMembership`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -19,22 +23,26 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.unit_of_work import SqlOrderRepository, SqlUnitOfWork
+from ordersync.adapters.db.uow_stores import UowStore
 from ordersync.clock import to_us
 from ordersync.domain.codec import order_from_dict
 from ordersync.domain.merge_split import ShipmentGroup, group_from_dict, group_to_dict
 from ordersync.domain.order_status import OrderStatus
 from ordersync.domain.orders import Order
-from ordersync.service.grouping import StoredGroup
-from ordersync.service.outbox import OutboxEntry
-from ordersync.service.unit_of_work import IdempotencyStore, StockRepository
+from ordersync.service.grouping import StoredGroup, register_membership
+from ordersync.service.outbox import EventRouter, OutboxEntry
+from ordersync.service.unit_of_work import IdempotencyStore, StockRepository, UnitOfWork
 
 _ACTIVE_OF_ORDERS = (
     "SELECT m.order_id, g.doc FROM shipment_group_members m"
     " JOIN shipment_groups g ON g.id = m.group_id"
     " WHERE m.order_id IN :ids AND g.state = 'active' ORDER BY m.order_id, g.id"
 )
+
+_OPEN = "SELECT doc FROM orders WHERE status IN :statuses AND created_us >= :since"
+_OLDEST_OPEN = f"{_OPEN} ORDER BY created_us, id LIMIT :limit"
+_NEWEST_OPEN = f"{_OPEN} ORDER BY created_us DESC, id DESC LIMIT :limit"
 
 
 def _stored(row: Any) -> StoredGroup:
@@ -60,6 +68,10 @@ class SqlGroupingTx:
         self.orders: SqlOrderRepository = uow.orders
         self.stock: StockRepository | None = uow.stock
         self.idempotency: IdempotencyStore = uow.idempotency
+
+    @property
+    def router(self) -> EventRouter:
+        return self._uow.orders._router  # the unit of work's own routing
 
     async def _conn(self) -> AsyncConnection:
         return await self._uow._c.get()  # the unit of work's own transaction
@@ -133,26 +145,9 @@ class SqlGroupingTx:
         await self._uow.commit()
 
 
-class SqlGroupingStore:
-    def __init__(
-        self,
-        db: Database,
-        uow_factory: Callable[[], SqlUnitOfWork],
-        on_commit: Callable[[set[str]], None] | None = None,
-    ) -> None:
-        self.db = db
-        self._uow_factory = uow_factory
-        self._on_commit = on_commit
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlGroupingTx]:
-        uow = self._uow_factory()
-        try:
-            yield SqlGroupingTx(uow)
-        finally:
-            await uow.rollback()  # a no-op after commit
-        if uow.committed_destinations and self._on_commit is not None:
-            self._on_commit(uow.committed_destinations)
+class SqlGroupingStore(UowStore):
+    def transaction(self) -> AbstractAsyncContextManager[SqlGroupingTx]:
+        return self._transaction(SqlGroupingTx)
 
     async def group(self, group_id: str) -> StoredGroup | None:
         async with self.db.read() as conn:
@@ -165,11 +160,20 @@ class SqlGroupingStore:
         return None if row is None else _stored(row)
 
     async def order(self, order_id: str) -> Order | None:
+        return await self.load_order(order_id)
+
+    async def orders(self, order_ids: Iterable[str]) -> list[Order]:
+        ids = sorted(set(order_ids))
+        if not ids:
+            return []
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(text("SELECT doc FROM orders WHERE id = :id"), {"id": order_id})
-            ).first()
-        return None if row is None else order_from_dict(orjson.loads(row[0]))
+            rows = await conn.execute(
+                text("SELECT doc FROM orders WHERE id IN :ids ORDER BY id").bindparams(
+                    bindparam("ids", expanding=True)
+                ),
+                {"ids": ids},
+            )
+            return [order_from_dict(orjson.loads(doc)) for (doc,) in rows]
 
     async def groups_of_order(self, order_id: str) -> list[StoredGroup]:
         async with self.db.read() as conn:
@@ -177,14 +181,17 @@ class SqlGroupingStore:
         return [StoredGroup(g, True) for g in found.get(order_id, [])]
 
     async def open_orders(
-        self, statuses: Iterable[OrderStatus], since: datetime, limit: int
+        self,
+        statuses: Iterable[OrderStatus],
+        since: datetime,
+        limit: int,
+        *,
+        newest_first: bool = False,
     ) -> list[Order]:
+        sql = _NEWEST_OPEN if newest_first else _OLDEST_OPEN
         async with self.db.read() as conn:
             rows = await conn.execute(
-                text(
-                    "SELECT doc FROM orders WHERE status IN :statuses AND created_us >= :since"
-                    " ORDER BY created_us, id LIMIT :limit"
-                ).bindparams(bindparam("statuses", expanding=True)),
+                text(sql).bindparams(bindparam("statuses", expanding=True)),
                 {
                     "statuses": sorted(s.value for s in statuses),
                     "since": to_us(since),
@@ -207,3 +214,10 @@ class SqlGroupingStore:
                 {"ids": ids},
             )
             return {str(o) for (o,) in rows}
+
+
+def _membership(uow: UnitOfWork) -> SqlGroupingTx | None:
+    return SqlGroupingTx(uow) if isinstance(uow, SqlUnitOfWork) else None
+
+
+register_membership(_membership)

@@ -9,8 +9,8 @@ shipments. Plain SQL that runs unchanged on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -18,12 +18,14 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ordersync.adapters.db.database import Database
+from ordersync.adapters.db.shipment_groups import SqlGroupingTx
 from ordersync.adapters.db.unit_of_work import SqlOrderRepository, SqlUnitOfWork
+from ordersync.adapters.db.uow_stores import UowStore
 from ordersync.clock import from_us, to_us
 from ordersync.domain.alerts import Alert
 from ordersync.domain.codec import fmt_time, order_from_dict
-from ordersync.domain.orders import Order
+from ordersync.domain.shipments import CallbackRetry
+from ordersync.service.grouping import follow_changes
 from ordersync.service.outbox import OutboxEntry
 from ordersync.service.shipments import ShipmentRecord
 
@@ -366,37 +368,16 @@ class SqlShipmentTx:
         self._uow.orders.outbox.append(entry)
 
     async def commit(self) -> None:
+        # A merged group follows the orders this transaction shipped, delivered, cancelled
+        # or refunded, in this same transaction.
+        await follow_changes(self._uow, SqlGroupingTx(self._uow))
         await self._flush()
         await self._uow.commit()
 
 
-class SqlShipmentStore:
-    def __init__(
-        self,
-        db: Database,
-        uow_factory: Callable[[], SqlUnitOfWork],
-        on_commit: Callable[[set[str]], None] | None = None,
-    ) -> None:
-        self.db = db
-        self._uow_factory = uow_factory
-        self._on_commit = on_commit
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlShipmentTx]:
-        uow = self._uow_factory()
-        try:
-            yield SqlShipmentTx(uow)
-        finally:
-            await uow.rollback()  # a no-op after commit
-        if uow.committed_destinations and self._on_commit is not None:
-            self._on_commit(uow.committed_destinations)
-
-    async def load_order(self, order_id: str) -> Order | None:
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(text("SELECT doc FROM orders WHERE id = :id"), {"id": order_id})
-            ).first()
-        return None if row is None else order_from_dict(orjson.loads(row[0]))
+class SqlShipmentStore(UowStore):
+    def transaction(self) -> AbstractAsyncContextManager[SqlShipmentTx]:
+        return self._transaction(SqlShipmentTx)
 
     async def order_of_tracking(self, carrier_id: str, tracking_number: str) -> str | None:
         async with self.db.read() as conn:
@@ -510,6 +491,125 @@ class SqlShipmentStore:
                 {"now": to_us(now), "limit": limit},
             )
             return [(str(o), str(k)) for o, k in rows]
+
+    # ---- callbacks that keep failing to apply (migration 0013) ----------------------
+
+    async def note_apply_failure(
+        self,
+        carrier_id: str,
+        tracking_number: str,
+        error: str,
+        now: datetime,
+        retry: CallbackRetry,
+    ) -> list[str]:
+        """Count a failed application against the shipment's `received` callbacks: each
+        waits until `retry` says, or is parked once it has failed `max_attempts` times.
+        Returns the callback ids parked now."""
+        parked: list[str] = []
+        lock = "" if self.db.is_sqlite else " FOR UPDATE"
+        async with self.db.write() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT callback_id, attempts FROM carrier_inbox WHERE carrier_id = :c"  # noqa: S608
+                    f" AND tracking_number = :t AND outcome = 'received'{lock}"
+                ),
+                {"c": carrier_id, "t": tracking_number},
+            )
+            updates = []
+            for callback_id, attempts in rows.all():
+                n = int(attempts or 0) + 1
+                at = retry.next_try(n, now)
+                if at is None:
+                    parked.append(str(callback_id))
+                updates.append(
+                    {
+                        "c": carrier_id,
+                        "i": callback_id,
+                        "n": n,
+                        "e": error,
+                        "retry": None if at is None else to_us(at),
+                        "o": "received" if at is not None else "parked",
+                        "now": None if at is not None else to_us(now),
+                    }
+                )
+            if updates:
+                await conn.execute(
+                    text(
+                        "UPDATE carrier_inbox SET attempts = :n, last_error = :e,"
+                        " retry_us = :retry, outcome = :o, applied_us = :now"
+                        " WHERE carrier_id = :c AND callback_id = :i AND outcome = 'received'"
+                    ),
+                    updates,
+                )
+        return parked
+
+    async def held_back(self, now: datetime) -> set[tuple[str, str]]:
+        """(carrier id, tracking number) whose `received` callbacks wait for a retry."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT DISTINCT carrier_id, tracking_number FROM carrier_inbox"
+                    " WHERE outcome = 'received' AND retry_us > :now"
+                ),
+                {"now": to_us(now)},
+            )
+            return {(str(c), str(t)) for c, t in rows}
+
+    async def parked_callbacks(self, limit: int) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT i.carrier_id, i.callback_id, i.tracking_number, s.id, s.order_id,"
+                    " i.attempts, i.last_error, i.received_us, i.applied_us FROM carrier_inbox i"
+                    " LEFT JOIN shipments s ON s.carrier_id = i.carrier_id"
+                    " AND s.tracking_number = i.tracking_number"
+                    " WHERE i.outcome = 'parked' ORDER BY i.seq, i.callback_id LIMIT :limit"
+                ),
+                {"limit": limit},
+            )
+            return [
+                {
+                    "carrier_id": r[0],
+                    "callback_id": r[1],
+                    "tracking_number": r[2],
+                    "shipment_id": r[3],
+                    "order_id": r[4],
+                    "attempts": int(r[5] or 0),
+                    "last_error": r[6],
+                    "received_at": fmt_time(from_us(r[7])),
+                    "parked_at": None if r[8] is None else fmt_time(from_us(r[8])),
+                }
+                for r in rows
+            ]
+
+    async def unpark_callback(
+        self, carrier_id: str, callback_id: str
+    ) -> tuple[str, str | None] | None:
+        """Put a parked callback back to `received` with its attempts reset. Returns (its
+        outcome before, its tracking number); None if there is no such callback."""
+        lock = "" if self.db.is_sqlite else " FOR UPDATE"
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT outcome, tracking_number FROM carrier_inbox"  # noqa: S608
+                        f" WHERE carrier_id = :c AND callback_id = :i{lock}"
+                    ),
+                    {"c": carrier_id, "i": callback_id},
+                )
+            ).first()
+            if row is None:
+                return None
+            if row[0] == "parked":
+                await conn.execute(
+                    text(
+                        "UPDATE carrier_inbox SET outcome = 'received', attempts = 0,"
+                        " retry_us = NULL, applied_us = NULL"
+                        " WHERE carrier_id = :c AND callback_id = :i AND outcome = 'parked'"
+                    ),
+                    {"c": carrier_id, "i": callback_id},
+                )
+            return str(row[0]), None if row[1] is None else str(row[1])
 
 
 _ALERT = (

@@ -17,6 +17,7 @@ from ordersync.domain.errors import (
 )
 from ordersync.domain.orders import Order
 from ordersync.ids import new_id
+from ordersync.service.grouping import ARRIVALS, follow_groups
 from ordersync.service.handlers.holds import audit_order
 from ordersync.service.handlers.inventory import on_order_change
 from ordersync.service.unit_of_work import InboxRecord, StoredResponse, UnitOfWork
@@ -63,6 +64,7 @@ async def _apply_snapshot(cmd: commands.IngestChannelOrder, uow: UnitOfWork) -> 
         decision = await on_order_change(order, None, uow, cause=cause)
         await audit_order(order, uow, cause=cause, decision=decision)
         uow.orders.add(order)
+        ARRIVALS.created(order)  # wakes the auto-merge pass (merge.auto), if one listens
         return IngestResult("created", order.id, order.version)
     if order.is_stale(snap.channel_updated_at):
         return IngestResult(
@@ -84,6 +86,7 @@ async def _apply_snapshot(cmd: commands.IngestChannelOrder, uow: UnitOfWork) -> 
     decision = await on_order_change(order, before, uow, cause=cause)
     await audit_order(order, uow, cause=cause, decision=decision)
     uow.orders.save(order)
+    await follow_groups(order, before, uow)  # a merged group follows (same transaction)
     return IngestResult("updated", order.id, order.version)
 
 
@@ -106,6 +109,7 @@ async def create_order(cmd: commands.CreateOrder, uow: UnitOfWork) -> StoredResp
     decision = await on_order_change(order, None, uow, cause="api:create")
     await audit_order(order, uow, cause="api:create", decision=decision)
     uow.orders.add(order)
+    ARRIVALS.created(order)  # wakes the auto-merge pass (merge.auto), if one listens
     body = order_to_dict(order)
     if uow.stock is not None:  # as GET shows it: where each line's units come from, and why
         inv = uow.stock.inventory
@@ -135,4 +139,5 @@ async def change_order_status(cmd: commands.ChangeOrderStatus, uow: UnitOfWork) 
         )
     await on_order_change(order, before, uow, cause=cause)
     uow.orders.save(order)
+    await follow_groups(order, before, uow)  # a merged group follows (same transaction)
     return order

@@ -125,3 +125,27 @@ async def _alert_action(request: Request, alert_id: str, action: str, principal:
     except ShipmentError as e:
         raise _problem(e) from None
     return json_response(alert)
+
+
+@router.get(
+    "/v1/carrier-callbacks/parked",
+    summary="Carrier callbacks parked after failing to apply too many times",
+)
+async def list_parked_callbacks(
+    request: Request, principal: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> Response:
+    return json_response({"data": await _service(request).parked_callbacks(limit)})
+
+
+@router.post(
+    "/v1/carrier-callbacks/{carrier_id}/{callback_id}/replay",
+    summary="Apply a parked carrier callback again (once)",
+)
+async def replay_parked_callback(
+    carrier_id: str, callback_id: str, request: Request, principal: Writer
+) -> Response:
+    try:
+        result = await _service(request).replay_callback(carrier_id, callback_id)
+    except ShipmentError as e:
+        raise _problem(e) from None
+    return json_response(result)
