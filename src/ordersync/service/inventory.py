@@ -13,7 +13,6 @@ are harmless (expiring re-checks the reservation under lock).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -25,6 +24,7 @@ from ordersync.domain.inventory import InventoryPolicy, Location
 from ordersync.service.handlers.inventory import INVENTORY_HANDLERS, preload_stock
 from ordersync.service.messagebus import MessageBus
 from ordersync.service.pipeline import Carrying, PipelinedBus
+from ordersync.service.singleton import cancel_and_wait
 from ordersync.service.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,7 @@ class InventoryService:
 
     async def stop(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait(self._sweeper)  # never swallows our own cancellation
             self._sweeper = None
         await self.bus.stop()
 
