@@ -451,7 +451,7 @@ class SqlStockRepository(StockRepository):
                 r.sku,
                 r.location_id,
                 r.quantity,
-                r.state.value,
+                r.state,  # StrEnum members are str: no `.value` (an enum descriptor call)
                 to_us(r.expires_at) if r.expires_at else None,
                 to_us(r.created_at),
                 now_us,
@@ -462,7 +462,7 @@ class SqlStockRepository(StockRepository):
             (
                 e.sku,
                 e.location_id,
-                e.cause.value,
+                e.cause,
                 e.on_hand_delta,
                 e.reserved_delta,
                 e.reference,
@@ -477,12 +477,15 @@ class SqlStockRepository(StockRepository):
         event_rows: list[tuple[str, str, str, bytes]] = []
         destinations: dict[str, tuple[str, ...]] = {}
         stamps: dict[datetime, str | None] = {}  # a batch's events share few instants
+        kinds: dict[StockEventType, str] = {}
         ids = _event_ids(len(events))
         for e, event_id in zip(events, ids, strict=True):
             stamp = stamps.get(e.at)
             if stamp is None:
                 stamp = stamps[e.at] = fmt_time(e.at)
-            kind = e.type.value
+            kind = kinds.get(e.type)
+            if kind is None:
+                kind = kinds[e.type] = e.type.value
             dest = destinations.get(kind)
             if dest is None:
                 dest = destinations[kind] = tuple(self._router.destinations_for(kind))
@@ -663,7 +666,7 @@ def _event_ids(n: int) -> list[str]:
 def _event_body(e: StockEvent, timestamp: str | None) -> bytes:
     return orjson.dumps(
         {
-            "type": e.type.value,
+            "type": e.type,  # orjson writes an enum member as its value
             "timestamp": timestamp,
             "data": {
                 "sku": e.sku,
@@ -671,7 +674,7 @@ def _event_body(e: StockEvent, timestamp: str | None) -> bytes:
                 "quantity": e.quantity,
                 "available": e.available,
                 "order_id": e.order_id,
-                "cause": e.cause.value if e.cause else None,
+                "cause": e.cause,
             },
         }
     )
