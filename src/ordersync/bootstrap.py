@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ from ordersync.service.pull import ChannelPuller
 from ordersync.service.relay import OutboxRelay
 from ordersync.service.returns import ReturnService
 from ordersync.service.shipments import Carrier, ShipmentService
-from ordersync.service.singleton import SingletonTask
+from ordersync.service.singleton import SingletonTask, cancel_and_wait
 from ordersync.service.stock_sync import StockSync
 from ordersync.service.tracking_poll import TrackingPoller, policies_from_config
 
@@ -305,9 +304,7 @@ class Hub:
         if self.broker is not None:
             await self.broker.close()
         if self._gauge_task is not None:
-            self._gauge_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gauge_task
+            await cancel_and_wait(self._gauge_task)
         await self.db.dispose()
 
     async def handle(self, cmd: Any) -> Any:
@@ -459,6 +456,7 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
             observer=metrics.alert_observer(),
             # SQLite has one writer: one worker applies callbacks, in batches.
             callback_workers=1 if db.is_sqlite else 4,
+            callback_retry=settings.tracking.callback_retry.policy(),
             carrier_rules=CarrierRules(
                 rules_from_config(settings.carrier_rules),
                 SqlOverrideStore(db),

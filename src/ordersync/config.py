@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
 from importlib.metadata import entry_points
@@ -30,7 +31,7 @@ from pydantic import (
 )
 
 from ordersync.domain.order_status import OrderStatus, PaymentStatus
-from ordersync.domain.shipments import ShipmentStatus
+from ordersync.domain.shipments import CallbackRetry, ShipmentStatus
 
 ENV_PREFIX = "ORDERSYNC_"
 # Top-level keys that an environment variable may override, e.g. ORDERSYNC_DATABASE_URL.
@@ -677,6 +678,39 @@ class ReviewReminderConfig(_Model):
     delay_hours: float = Field(default=0.0, ge=0)
 
 
+class CallbackRetryConfig(_Model):
+    """When a shipment's carrier callbacks that failed to apply are tried again: after
+    `base_seconds`, doubling per failure up to `cap_seconds`; after `max_attempts` failures
+    they are parked for an operator (`GET /v1/carrier-callbacks/parked`, replay). The upper
+    bounds keep every computed retry time within what a datetime can hold."""
+
+    max_attempts: int = Field(default=10, ge=1)
+    base_seconds: float = Field(default=5.0, gt=0, le=3600)
+    cap_seconds: float = Field(default=600.0, gt=0, le=7 * 86400)  # longer: park it instead
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> CallbackRetryConfig:
+        if self.cap_seconds < self.base_seconds:
+            raise ValueError(
+                f"cap_seconds ({self.cap_seconds:g}) must not be below base_seconds"
+                f" ({self.base_seconds:g})"
+            )
+        return self
+
+    def policy(self) -> CallbackRetry:
+        return CallbackRetry(
+            max_attempts=self.max_attempts,
+            base=timedelta(seconds=self.base_seconds),
+            cap=timedelta(seconds=self.cap_seconds),
+        )
+
+
+class TrackingConfig(_Model):
+    """Applying carrier tracking callbacks (service/shipments.py; used with `carriers`)."""
+
+    callback_retry: CallbackRetryConfig = Field(default_factory=CallbackRetryConfig)
+
+
 class Settings(_Model):
     # repr=False: URLs may carry passwords, and settings get logged in tracebacks.
     database_url: str = Field(default="sqlite:///var/ordersync.db", repr=False)
@@ -694,6 +728,7 @@ class Settings(_Model):
     carriers: list[CarrierConfig] = Field(default_factory=list)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     review_reminder: ReviewReminderConfig = Field(default_factory=ReviewReminderConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     carrier_rules: list[CarrierRuleConfig] = Field(default_factory=list)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ordersync.config import ConfigError, Settings, load_settings, settings_from_mapping
+from ordersync.domain.shipments import CallbackRetry
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SHOPIFY_SECRET = "shpss_9f3c1e7a2b4d6f80teahouse"
@@ -187,3 +189,61 @@ def test_a_missing_file_is_reported_with_its_path(tmp_path: Path) -> None:
         load_settings(path, env={})
 
     assert str(path) in str(e.value)
+
+
+def test_the_callback_retry_defaults_are_the_policy_the_tracking_always_had() -> None:
+    """No `tracking` block: 10 attempts, 5 s doubling, capped at 10 minutes."""
+
+    policy = settings_from_mapping(teahouse(), ENV).tracking.callback_retry.policy()
+
+    assert policy == CallbackRetry(
+        max_attempts=10, base=timedelta(seconds=5), cap=timedelta(minutes=10)
+    )
+
+
+def test_tracking_callback_retry_sets_attempts_base_and_cap() -> None:
+    """A yak-wool shop's flaky carrier: 4 attempts, 30 s doubling, capped at 90 s."""
+    raw = teahouse(
+        tracking={"callback_retry": {"max_attempts": 4, "base_seconds": 30, "cap_seconds": 90}}
+    )
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+    policy = settings_from_mapping(raw, ENV).tracking.callback_retry.policy()
+
+    assert [policy.next_try(n, now) for n in (1, 2, 3, 4)] == [
+        now + timedelta(seconds=30),
+        now + timedelta(seconds=60),
+        now + timedelta(seconds=90),
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("retry", "key", "says"),
+    [
+        ({"max_attempts": 0}, "tracking.callback_retry.max_attempts", "greater than or equal to 1"),
+        ({"base_seconds": 0}, "tracking.callback_retry.base_seconds", "greater than 0"),
+        ({"base_seconds": -5}, "tracking.callback_retry.base_seconds", "greater than 0"),
+        ({"cap_seconds": 0}, "tracking.callback_retry.cap_seconds", "greater than 0"),
+        (
+            {"cap_seconds": 86400 * 365},
+            "tracking.callback_retry.cap_seconds",
+            "less than or equal to 604800",
+        ),
+        ({"max_atempts": 3}, "tracking.callback_retry.max_atempts", "Extra inputs"),
+        (
+            {"base_seconds": 60, "cap_seconds": 30},
+            "tracking.callback_retry",
+            "cap_seconds (30) must not be below base_seconds (60)",
+        ),
+    ],
+)
+def test_a_bad_callback_retry_is_refused_with_its_path(
+    retry: dict[str, Any], key: str, says: str
+) -> None:
+    """Zero or negative values, a cap below the base, or a typo fail at start-up."""
+
+    message = error_of(teahouse(tracking={"callback_retry": retry}))
+
+    assert f"{key}: " in message
+    assert says in message

@@ -113,6 +113,13 @@ class Metrics(DeliveryObserver):
             registry=r,
             multiprocess_mode="mostrecent",  # every process reads the same table
         )
+        self.callbacks_parked = Gauge(
+            "ordersync_carrier_callbacks_parked",
+            "Carrier callbacks parked after failing to apply `tracking.callback_retry"
+            ".max_attempts` times, waiting for an operator (list and replay by API).",
+            registry=r,
+            multiprocess_mode="mostrecent",  # every process reads the same table
+        )
         self.carrier_calls = Counter(
             "ordersync_carrier_calls",
             "Calls to carriers by operation (book, cancel, poll) and outcome (ok, error);"
@@ -156,6 +163,10 @@ class Metrics(DeliveryObserver):
             def open_counts(self, counts: Mapping[str, int]) -> None:
                 for rule, n in counts.items():
                     metrics.alerts_open.labels(rule).set(n)
+
+            def parked_callbacks(self, count: int) -> None:
+                """The number of parked carrier callbacks, read with the open alerts."""
+                metrics.callbacks_parked.set(count)
 
         return _Observer()
 

@@ -63,6 +63,7 @@ from ordersync.domain.order_status import OrderStatus, PaymentStatus, check_tran
 from ordersync.domain.orders import Order
 from ordersync.ids import new_id
 from ordersync.service.outbox import EventRouter, OutboxEntry
+from ordersync.service.singleton import cancel_and_wait
 from ordersync.service.unit_of_work import (
     BufferedOrderRepository,
     IdempotencyStore,
@@ -237,9 +238,7 @@ class GroupingService:
     async def stop(self) -> None:
         self.arrivals.unlisten(self._order_created)
         if self._auto is not None:
-            self._auto.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._auto
+            await cancel_and_wait(self._auto)
             self._auto = None
         self._arrived.clear()
 

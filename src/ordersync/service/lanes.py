@@ -21,6 +21,7 @@ import math
 from typing import Protocol
 
 from ordersync.clock import to_us, utcnow
+from ordersync.service.singleton import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ class LaneAssigner:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         for lane in sorted(self.active):
             await self.consumer.stop_lane(lane, drain=True)
         with contextlib.suppress(Exception):  # the others take over at once, not after ttl

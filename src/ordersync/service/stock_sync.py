@@ -31,6 +31,7 @@ from typing import Protocol
 from ordersync.clock import utcnow
 from ordersync.domain.inventory import StockLevel
 from ordersync.domain.stock_publishing import PublishingRule, StockPool, publish
+from ordersync.service.singleton import cancel_and_wait
 from ordersync.service.stock_publisher import PublisherSettings, StockPublisher, StockPush
 
 log = logging.getLogger(__name__)
@@ -176,9 +177,7 @@ class StockSync:
         if self._task is None:
             return
         self._stop.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None
         # A new holder starts from the markers; what this one half did is redone there.
         # Forget what was pushed too: another holder may have pushed since.
@@ -204,6 +203,4 @@ class StockSync:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self._poll)
         finally:
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
+            await cancel_and_wait(publisher)

@@ -8,12 +8,12 @@ with the same epoch and fencing rules as the SQL store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ordersync.service.bus import EventMessage, Handler, lane_of
+from ordersync.service.singleton import cancel_and_wait
 
 
 class FakeBusError(Exception):
@@ -63,9 +63,7 @@ class FakeBus:
 
     async def unsubscribe(self) -> None:
         if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._consumer
+            await cancel_and_wait(self._consumer)
 
 
 @dataclass
