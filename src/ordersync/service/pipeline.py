@@ -36,6 +36,8 @@ from ordersync.service.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
+PLAIN_AFTER_VOID = 8  # batches decided from locked rows after a batch was void
+
 # carry -> unit of work starting from it (None: a plain one, reading under lock)
 CarryFactory = Callable[[Any], UnitOfWork]
 # (unit of work after its handlers ran, batch number) -> the carry for the next batch
@@ -60,6 +62,7 @@ class _Lane:
     seq: int = 0  # batches started
     committed: int = 0  # every batch up to this one has committed (or been redone)
     broken: bool = False  # a batch in flight failed: later carried batches are void
+    plain: int = 0  # batches to run from locked rows before carrying again (after a void one)
     inflight: deque[asyncio.Task[bool]] = field(default_factory=deque)
 
     def reap(self) -> None:
@@ -111,9 +114,10 @@ class PipelinedBus(MessageBus):
     ) -> None:
         lane.reap()
         eligible = all(self._eligible(cmd) for cmd, _ in batch)
-        if lane.broken or not eligible:
+        if lane.broken or not eligible or lane.plain:
             await lane.drain()
-        if not eligible:
+        if not eligible or lane.plain:
+            lane.plain = max(lane.plain - 1, 0)
             try:
                 await self._run(batch)
             finally:
@@ -145,8 +149,7 @@ class PipelinedBus(MessageBus):
             )
             await lane.drain()
             try:
-                for item in batch:
-                    await self._run([item])
+                await self._run(batch)  # from locked rows; one by one if that fails too
             finally:
                 for _ in batch:
                     queue.task_done()
@@ -197,9 +200,11 @@ class PipelinedBus(MessageBus):
                         fut.set_result(result)
                 return True
             lane.broken = True
+            # Another writer is changing these rows (or the database failed): the next few
+            # batches read under lock, so mixed traffic does not redo every batch.
+            lane.plain = PLAIN_AFTER_VOID
             log.info("pipelined batch %d redone from locked rows (%s)", seq, failure)
-            for item in batch:
-                await self._run([item])
+            await self._run(batch)  # the plain bus's path: one by one only if this fails
             lane.committed = max(lane.committed, seq)
             return False
         finally:

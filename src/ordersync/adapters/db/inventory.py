@@ -237,15 +237,16 @@ class SqlStockRepository(StockRepository):
         self._feed: dict[tuple[str, str], StoredResponse] = {}
         self._fed: set[tuple[str, str]] = set()  # rows a WMS/ERP feed reported (fed_us)
         self._before: dict[str, int] = {}  # SKU -> available everywhere when loaded
-        # (sku, location) -> the version the database must still have when this batch
-        # writes the row: what was read under lock, or what a carried-over state expects.
-        self._expect: dict[tuple[str, str], int] = {}
+        # (sku, location) -> (version, on_hand, reserved) the database row must still have
+        # when this batch writes it: what was read under lock, or what a carried-over state
+        # expects (a compare-and-swap on everything the batch's decisions read).
+        self._expect: dict[tuple[str, str], tuple[int, int, int]] = {}
         self._carried: dict[int, list[Reservation]] = {}
         if carry is not None:
             inv = self.inventory
             for key, level in carry.levels.items():
                 inv.add_level(dataclasses.replace(level))
-                self._expect[key] = level.version
+                self._expect[key] = (level.version, level.on_hand, level.reserved)
                 self._loaded.add(level.sku)
             self._before.update(carry.before)
             self._carried = carry.reservations
@@ -331,7 +332,7 @@ class SqlStockRepository(StockRepository):
             inv.add_level(
                 StockLevel(sku, loc, int(on_hand), int(reserved), int(safety), int(version))
             )
-            self._expect[(sku, loc)] = int(version)
+            self._expect[(sku, loc)] = (int(version), int(on_hand), int(reserved))
         self._orders.update(orders)
         self._loaded.update(skus)
         for sku in skus:
@@ -402,7 +403,8 @@ class SqlStockRepository(StockRepository):
             [level_row(k) for k in sorted(inv.new_levels)],
         )
         for new in inv.new_levels:
-            self._expect[new] = inv.levels[new].version
+            lv = inv.levels[new]
+            self._expect[new] = (lv.version, lv.on_hand, lv.reserved)
         dirty = [inv.levels[k] for k in sorted(inv.dirty_levels)]
         if not pg:
             await _many(
@@ -541,17 +543,22 @@ class SqlStockRepository(StockRepository):
                 ([lv.reserved for lv in dirty], "bigint"),
                 ([lv.safety_stock for lv in dirty], "bigint"),
                 ([lv.version for lv in dirty], "bigint"),
-                ([expect[(lv.sku, lv.location_id)] for lv in dirty], "bigint"),
+                ([expect[(lv.sku, lv.location_id)][0] for lv in dirty], "bigint"),
+                ([expect[(lv.sku, lv.location_id)][1] for lv in dirty], "bigint"),
+                ([expect[(lv.sku, lv.location_id)][2] for lv in dirty], "bigint"),
             ]
-            # Guarded by the version this batch started from: under the row lock it always
-            # holds; from a carried-over state only once the previous batch committed.
+            # Guarded by the row this batch started from (version, on_hand, reserved): under
+            # the row lock it always holds; from a carried-over state only once the previous
+            # batch committed exactly what this one assumed.
             parts.append(
                 "UPDATE stock AS s SET on_hand = v.on_hand, reserved = v.reserved,"  # noqa: S608 - constants
                 " safety_stock = v.safety, version = v.version,"
                 f" updated_us = {args.scalar(now_us, 'bigint')}"
                 f" FROM {args.unnest(cols)}"
-                " AS v(sku, loc, on_hand, reserved, safety, version, expected)"
-                " WHERE s.sku = v.sku AND s.location_id = v.loc AND s.version = v.expected"
+                " AS v(sku, loc, on_hand, reserved, safety, version, was, was_on_hand,"
+                " was_reserved) WHERE s.sku = v.sku AND s.location_id = v.loc"
+                " AND s.version = v.was AND s.on_hand = v.was_on_hand"
+                " AND s.reserved = v.was_reserved"
                 " RETURNING 1"
             )
         if changed:
@@ -592,7 +599,7 @@ class SqlStockRepository(StockRepository):
         if written != len(dirty):
             raise StaleStock(f"{len(dirty) - written} stock row(s) changed under this batch")
         for lv in dirty:  # the next write in this transaction starts from these
-            self._expect[(lv.sku, lv.location_id)] = lv.version
+            self._expect[(lv.sku, lv.location_id)] = (lv.version, lv.on_hand, lv.reserved)
 
     async def _signal_changes(
         self, conn: AsyncConnection, now_us: int, events: list[StockEvent], *, markers: bool
