@@ -299,6 +299,40 @@ async def test_256_buyers_racing_for_100_units_through_the_reservation_api_get_e
     await ledger_matches_stock(room.hub, query)
 
 
+async def test_orders_and_carts_racing_for_one_sku_through_both_writers_get_exactly_100(
+    open_stockroom: Opener, query: Query
+) -> None:
+    """Half the buyers place orders (the order writers lock the stock row), half reserve
+    carts (the SKU writer, pipelined on PostgreSQL, whose carried state the orders keep
+    changing under it): between them, exactly the 100 units are held."""
+    room = await open_stockroom()
+    await put_stock(room.wms, UNITS)
+    carts = [
+        room.wms.post(
+            "/v1/inventory/reservations",
+            json={"order_id": f"cart-{i:04d}", "lines": [{"sku": FLASH_SKU, "quantity": 1}]},
+        )
+        for i in range(BUYERS // 2)
+    ]
+    orders = [
+        room.shop.post("/v1/orders", json=teapot_order(f"MIXED-{i:04d}"))
+        for i in range(BUYERS // 2)
+    ]
+    mixed = [c for pair in zip(carts, orders, strict=True) for c in pair]
+    responses = await asyncio.gather(*mixed)
+    cart_codes = Counter(r.status_code for r in responses[0::2])
+    placed = Counter(r.json()["status"] for r in responses[1::2])
+    stock = await stock_of(room.wms)
+    held = await query(room.hub, "SELECT COUNT(*), SUM(quantity) FROM reservations")
+
+    assert set(cart_codes) <= {201, 409}
+    assert set(placed) <= {"pending", "on_hold"}
+    assert cart_codes[201] + placed["pending"] == UNITS
+    assert (stock["on_hand"], stock["reserved"], stock["available"]) == (UNITS, UNITS, 0)
+    assert [(int(n), int(q)) for n, q in held] == [(UNITS, UNITS)]
+    await ledger_matches_stock(room.hub, query)
+
+
 async def test_cancelling_releases_and_shipping_commits_the_reservation(
     open_stockroom: Opener, query: Query
 ) -> None:
