@@ -5,6 +5,8 @@
 - `rabbitmq`: PostgreSQL + RabbitMQ (`serve` as API only plus two workers).
 
 A backend whose service is unreachable is skipped on a laptop and FAILS under CI=true.
+On PostgreSQL each cluster's database starts as a copy of the session's migrated template
+(see tests/conftest.py): `serve` still runs its migration step, which finds nothing to do.
 """
 
 from __future__ import annotations
@@ -58,12 +60,18 @@ ClusterFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def cluster_for(backend: str) -> AsyncIterator[ClusterFactory]:
+async def cluster_for(
+    backend: str, request: pytest.FixtureRequest
+) -> AsyncIterator[ClusterFactory]:
     """`await cluster_for(**kw)`: a started Cluster on this test's backend, stopped after."""
     started: list[Cluster] = []
+    template: str | None = None
+    if backend != "sqlite" and os.environ.get("ORDERSYNC_TEST_TEMPLATES", "1") != "0":
+        template = request.getfixturevalue("migrated_templates").postgres_database()
 
     async def make(**kw: Any) -> Cluster:
         kw.setdefault("subscriptions", {"erp": ["order.*"], "wms": ["order.created", "order.paid"]})
+        kw.setdefault("template_database", template)
         c = Cluster(backend, **kw)  # type: ignore[arg-type]
         await c.__aenter__()
         started.append(c)

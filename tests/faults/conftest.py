@@ -1,5 +1,7 @@
 """Fixtures of the fault-injection suite: the real services it needs, their repair after
-each scenario, and the scenario results (bench/results/faults.json plus a summary table).
+each scenario, a store as patient as Shopify, and the scenario results
+(bench/results/faults.json plus a summary table; under xdist only the file, since the
+scenarios then run in worker processes).
 
 Without a reachable PostgreSQL or RabbitMQ the suite is skipped on a laptop (after trying
 ../shared/services.sh start), but FAILS under CI=true, like the PostgreSQL tests.
@@ -7,14 +9,18 @@ Without a reachable PostgreSQL or RabbitMQ the suite is skipped on a laptop (aft
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_scenarios import STORE_TRIES
 
+from ordersync.simulators import shopify_store
 from ordersync.testing import services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "faults: fault injection against real PostgreSQL/RabbitMQ and hub processes"
-        " (restarts the services; runs, never skips, under CI=true)",
+        " (runs, never skips, under CI=true)",
     )
     config.stash[RESULTS] = []
 
@@ -62,6 +68,23 @@ async def real_services() -> AsyncIterator[None]:
     await services.ensure_rabbitmq()
 
 
+@pytest.fixture(autouse=True)
+def patient_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store keeps retrying through a whole outage, as Shopify would."""
+    monkeypatch.setattr(shopify_store, "MAX_TRIES", STORE_TRIES)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Two xdist workers may record scenarios at once: one read-modify-write at a time."""
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def record_result(request: pytest.FixtureRequest) -> Record:
     """`record_result(row)`: keep a scenario's numbers for the summary and merge them into
@@ -70,16 +93,17 @@ def record_result(request: pytest.FixtureRequest) -> Record:
     def record(row: dict[str, Any]) -> None:
         request.config.stash[RESULTS].append(row)
         RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            existing = json.loads(RESULTS_FILE.read_text())
-        except (OSError, ValueError):
-            existing = {}
-        if not isinstance(existing, dict):
-            existing = {}
-        existing[row["scenario"]] = row
-        tmp = RESULTS_FILE.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
-        tmp.replace(RESULTS_FILE)
+        with _locked(RESULTS_FILE.with_suffix(".json.lock")):
+            try:
+                existing = json.loads(RESULTS_FILE.read_text())
+            except (OSError, ValueError):
+                existing = {}
+            if not isinstance(existing, dict):
+                existing = {}
+            existing[row["scenario"]] = row
+            tmp = RESULTS_FILE.with_suffix(f".json.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
+            tmp.replace(RESULTS_FILE)
 
     return record
 

@@ -6,7 +6,8 @@ Three backends, one interface:
 - `postgres`: `ordersync serve` plus worker processes sharing the database queue;
 - `rabbitmq`: `ordersync serve` (API only) plus worker processes on RabbitMQ.
 
-Each cluster gets its own PostgreSQL database and its own RabbitMQ namespace, and removes
+Each cluster gets its own PostgreSQL database (empty, or a copy of `template_database`, a
+migrated database no session is connected to) and its own RabbitMQ namespace, and removes
 them when it stops. `database_url` / `broker_url` may point the hub at a fault proxy while
 the cluster itself still reaches the real services for setup and cleanup.
 """
@@ -80,6 +81,7 @@ class Cluster:
         log_level: str = "WARNING",
         subscriptions: dict[str, list[str]] | None = None,
         api_only: bool | None = None,
+        template_database: str | None = None,
     ) -> None:
         # With workers the API leaves deliveries to them (with a broker it always does).
         self.api_only = (workers > 0 and backend == "postgres") if api_only is None else api_only
@@ -90,6 +92,7 @@ class Cluster:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"ordersync-{backend}-"))
         self.namespace = f"ostest-{uuid.uuid4().hex[:12]}"
         self._db_name = f"ordersync_cl_{uuid.uuid4().hex}"
+        self._template = template_database
         self._db_override = database_url
         self._broker_override = broker_url
         self.sinks = {n: Sink(n, new_secret(), sink_faults) for n in self.subscriptions}
@@ -174,7 +177,8 @@ class Cluster:
         if self.backend != "sqlite":
             admin = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
             try:
-                await admin.execute(f'CREATE DATABASE "{self._db_name}"')
+                template = f' TEMPLATE "{self._template}"' if self._template else ""
+                await admin.execute(f'CREATE DATABASE "{self._db_name}"{template}')
             finally:
                 await admin.close()
         path = self.workdir / "ordersync.yaml"
