@@ -377,6 +377,10 @@ class ShipmentStore(Protocol):
 
     async def order_of_shipment(self, shipment_id: str) -> str | None: ...
 
+    async def parked_count(self) -> int:
+        """Carrier callbacks parked after failing to apply `max_attempts` times."""
+        ...
+
     async def due_shipments(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """(shipment id, order id) of active shipments whose timer is due, earliest first."""
         ...
@@ -431,6 +435,8 @@ class AlertObserver(Protocol):
     def raised(self, rule: str) -> None: ...
 
     def open_counts(self, counts: Mapping[str, int]) -> None: ...
+
+    def parked_callbacks(self, count: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -1334,17 +1340,20 @@ class ShipmentService:
         await self.refresh_open_alerts()
 
     async def refresh_open_alerts(self) -> None:
-        """Publish the unresolved alerts per rule (the `ordersync_alerts_open` gauge)."""
+        """Publish the unresolved alerts per rule (the `ordersync_alerts_open` gauge) and
+        the parked carrier callbacks (`ordersync_carrier_callbacks_parked`)."""
         if self.observer is None:
             return
         try:
             counts = await self.store.open_alert_counts()
+            parked = await self.store.parked_count()
         except Exception as e:  # metrics must never fail the work they describe
             if cancelling():  # ... nor keep it from stopping
                 raise asyncio.CancelledError from e
             log.debug("counting open alerts failed", exc_info=True)
             return
         self.observer.open_counts({str(k): 0 for k in AlertKind} | counts)
+        self.observer.parked_callbacks(parked)
 
     async def tracking_expired(
         self, expired: Sequence[tuple[str, str]], max_age: timedelta, now: datetime
