@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from ordersync.adapters.channels import writeback as wb
@@ -25,8 +24,6 @@ from ordersync.config import (
     TaobaoChannel,
     settings_from_mapping,
 )
-from ordersync.ids import new_id
-from ordersync.service.outbox import OutboxEntry
 from ordersync.simulators.carriers import CarrierSimulator
 from ordersync.simulators.douyin_shop import DouyinShop
 from ordersync.simulators.douyin_shop import make_order as make_douyin_order
@@ -363,39 +360,32 @@ def ship_elsewhere(p: Platform, external_id: str, waybill: str) -> None:
 
 # ---- parcels and re-bookings -----------------------------------------------------------
 #
-# service/shipments.py does not (yet) put a parcel's `lines`, `completes_order` or the
-# `replaces` of a re-booking into `shipment.created`; `emit_shipment` stands in for it,
-# committing the event through the shipments store exactly as a booking does, so the
-# router, the outbox, the per-order lane, the database and the write-back run for real.
+# Booked through the API: a parcel names its lines (the platform's line ids), the last one
+# takes what is left and completes the order; a re-booking names the shipment it replaces.
 
 
-async def emit_shipment(w: World, order_id: str, **data: Any) -> None:
-    shipments = w.hub.shipments
-    assert shipments is not None
-    async with shipments.store.transaction() as tx:
-        order = await tx.orders.get(order_id)
-        assert order is not None
-        body = {
-            "channel_id": order.channel_id,
-            "external_id": order.external_id,
-            "id": new_id("shp"),
-            "order_id": order_id,
-            "carrier_id": CARRIER_ID,
-            "carrier_code": "SF",
-            **data,
-        }
-        event = {"type": "shipment.created", "timestamp": "2026-11-28T06:00:00Z", "data": body}
-        tx.emit(
-            OutboxEntry(
-                new_id("evt"),
-                "shipment.created",
-                order.id,
-                order.version,
-                orjson.dumps(event),
-                shipments.router.destinations_for("shipment.created", order.channel_id),
-            )
-        )
-        await tx.commit()
+async def book_parcel(w: World, order_id: str, **body: Any) -> dict[str, Any]:
+    response = await w.api.post(
+        f"/v1/orders/{order_id}/shipments", json={"carrier_id": CARRIER_ID, **body}
+    )
+    assert response.status_code == 201, response.text
+    booked: dict[str, Any] = response.json()
+    return booked
+
+
+async def two_line_hub_order(w: World, external_id: str, lines: list[tuple[str, int, str]]) -> str:
+    """The platform's two-line order in the hub, each line with its id on the platform."""
+    body = matcha_order(
+        external_id,
+        channel_id=w.channel_id,
+        lines=[
+            {"external_id": line_id, "sku": sku, "quantity": qty, "unit_price": "12.00"}
+            for line_id, qty, sku in lines
+        ],
+    )
+    body["totals"] = {"subtotal": "36.00", "total": "36.00"}
+    order_id: str = (await create(w.api, body))["id"]
+    return order_id
 
 
 def two_line_order(p: Platform) -> tuple[str, list[tuple[str, int, str]]]:
@@ -448,33 +438,34 @@ async def test_each_parcel_of_a_split_order_is_written_back_with_its_lines(
     hears once, from the parcel that completes the order."""
     w = await start_world(kind)
     external_id, lines = two_line_order(w.platform)
-    body = matcha_order(external_id, channel_id=w.channel_id)
-    order_id = (await create(w.api, body))["id"]
-    parcels = [("SF1400020001", lines[0], False), ("SF1400020002", lines[1], True)]
+    order_id = await two_line_hub_order(w, external_id, lines)
+    line_id, qty, _ = lines[0]
 
-    for number, (line_id, qty, sku), completes in parcels:
-        line = {"external_id": line_id, "quantity": qty, "sku": sku}
-        await emit_shipment(
-            w, order_id, tracking_number=number, lines=[line], completes_order=completes
-        )
+    first = await book_parcel(w, order_id, lines=[{"external_id": line_id, "quantity": qty}])
+    last = await book_parcel(w, order_id)  # the rest: the second line, completing the order
     await settle(w.api)
+
+    assert (first["completes_order"], last["completes_order"]) == (False, True)
+    parcels = [(first["tracking_number"], lines[0]), (last["tracking_number"], lines[1])]
 
     company = COMPANY[kind]
     deliveries = await writeback_deliveries(w, order_id)
     assert [d["state"] for d in deliveries] == ["succeeded", "succeeded"]
     received = w.platform.desk.received
     if kind == "jd":
-        assert received == [WriteBack(external_id, company, "SF1400020002")]
+        assert received == [WriteBack(external_id, company, last["tracking_number"])]
     elif kind == "woocommerce":
-        assert [r.tracking_number for r in received] == ["SF1400020001", "SF1400020002"]
+        assert [r.tracking_number for r in received] == [n for n, _ in parcels]
         assert isinstance(w.platform.sim, WooStore)
         notes = [n["note"] for n in w.platform.sim.notes[int(external_id)]]
-        assert notes[0] == "Shipped via SF Express, tracking number SF1400020001: 1 × BLUE-TEAPOT"
+        assert notes[0] == (
+            f"Shipped via SF Express, tracking number {first['tracking_number']}: 1 × BLUE-TEAPOT"
+        )
         assert w.platform.sim.orders[int(external_id)]["status"] == "completed"
     else:
         assert received == [
             WriteBack(external_id, company, number, ((line_id, qty),))
-            for number, (line_id, qty, _), _ in parcels
+            for number, (line_id, qty, _) in parcels
         ]
     assert shipped_in_full(w.platform, external_id)
 
@@ -505,16 +496,12 @@ async def test_a_re_booking_updates_the_tracking_number_on_the_platform(
     first = await book(w, order_id)
     await settle(w.api)
 
-    await emit_shipment(
-        w,
-        order_id,
-        tracking_number="SF1400029999",
-        replaces=[{"tracking_number": first["tracking_number"]}],
-    )
+    again = await book_parcel(w, order_id, replaces=first["id"])
     await settle(w.api)
 
     company = COMPANY[kind]
-    assert w.platform.desk.updated == [WriteBack(external_id, company, "SF1400029999")]
+    assert again["replaces"][0]["tracking_number"] == first["tracking_number"]
+    assert w.platform.desk.updated == [WriteBack(external_id, company, again["tracking_number"])]
     assert [d["state"] for d in await writeback_deliveries(w, order_id)] == [
         "succeeded",
         "succeeded",
@@ -523,7 +510,7 @@ async def test_a_re_booking_updates_the_tracking_number_on_the_platform(
         assert w.platform.desk.received == [
             WriteBack(external_id, company, first["tracking_number"])
         ]
-    assert recorded_waybills(w.platform, external_id) == ["SF1400029999"]
+    assert recorded_waybills(w.platform, external_id) == [again["tracking_number"]]
 
 
 def recorded_waybills(p: Platform, external_id: str) -> list[str]:
@@ -542,24 +529,24 @@ def recorded_waybills(p: Platform, external_id: str) -> list[str]:
 async def test_a_re_booking_on_jd_is_dead_lettered_for_an_operator(
     start_world: StartWorld, settle: Settle
 ) -> None:
-    """JOS has no call to change a shipped order's waybill: said plainly, not retried."""
+    """JOS has no call to change a shipped order's waybill: said plainly, naming both
+    waybills, not retried."""
     w = await start_world("jd")
     order_id, external_id = await channel_order(w)
     first = await book(w, order_id)
     await settle(w.api)
 
-    await emit_shipment(
-        w,
-        order_id,
-        tracking_number="SF1400029999",
-        replaces=[{"tracking_number": first["tracking_number"]}],
-    )
+    again = await book_parcel(w, order_id, replaces=first["id"])
     await settle(w.api)
 
     states = [(d["state"], d["attempts"]) for d in await writeback_deliveries(w, order_id)]
     assert sorted(states) == [("dead", 1), ("succeeded", 1)]
     [dead] = [d for d in await writeback_deliveries(w, order_id) if d["state"] == "dead"]
     assert "cannot change a shipped order's waybill" in dead["last_error"]
+    assert (
+        f"waybill {first['tracking_number']}, re-booked as {again['tracking_number']}"
+        in dead["last_error"]
+    )
     assert w.platform.desk.received == [WriteBack(external_id, "467", first["tracking_number"])]
 
 

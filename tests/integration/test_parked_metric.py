@@ -9,10 +9,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ordersync.adapters.db.shipments import SqlShipmentStore
 from ordersync.config import CallbackRetryConfig, TrackingConfig
 
 from . import test_tracking_async
@@ -105,13 +103,6 @@ async def test_the_parked_gauge_is_scraped_from_metrics_with_what_its_observer_r
     assert await scraped(w) == 3
 
 
-@pytest.mark.xfail(
-    not hasattr(SqlShipmentStore, "parked_count"),
-    reason="needs the refresh hook in service/shipments.py (refresh_open_alerts reports"
-    " store.parked_count() to observer.parked_callbacks)",
-    raises=AssertionError,
-    strict=True,
-)
 async def test_the_parked_gauge_counts_parked_callbacks_until_they_are_replayed(
     start: Start, query: Query
 ) -> None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -36,7 +36,11 @@ from ordersync.service.pull import (
 )
 from ordersync.simulators.taobao_top import TopGateway
 from ordersync.simulators.woocommerce_store import WooStore
+from ordersync.testing.cli import run_cli_streams, run_process
 from ordersync.testing.pull_rig import Crash, ManualClock, PullRig, RigFactory, pull_rigs
+
+if TYPE_CHECKING:
+    from conftest import MigratedTemplates  # tests/conftest.py
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 WC_KEY, WC_SECRET, WC_HOOK = "ck_teehaus", "cs_teehaus", "wc-hook-teehaus"
@@ -111,8 +115,9 @@ async def top() -> AsyncIterator[TopGateway]:
 
 
 @pytest.fixture
-async def rig_for(database_url: str) -> AsyncIterator[RigFactory]:
-    async with pull_rigs(database_url, start=T0, rig_class=Rig) as make:
+async def rig_for(migrated_database_url: str) -> AsyncIterator[RigFactory]:
+    # Migrated already (a template copy): these tests are about pulling, not migrations.
+    async with pull_rigs(migrated_database_url, start=T0, rig_class=Rig) as make:
         yield make
 
 
@@ -327,18 +332,11 @@ LIFECYCLE = ["pending", "processing", "completed"]
 CANONICAL = {"pending": "pending", "processing": "paid", "completed": "completed"}
 
 
-@pytest.fixture(scope="module")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated SQLite file, copied for each example (migrating is the slow part)."""
-    path = tmp_path_factory.mktemp("template") / "hub.db"
-
-    async def migrate() -> None:
-        hub = build_hub(hub_settings(f"sqlite:///{path}"))
-        await hub.start(dispatch=False, pull=False)
-        await hub.stop()
-
-    asyncio.run(migrate())
-    return path
+@pytest.fixture
+def migrated_template(migrated_templates: MigratedTemplates) -> Path:
+    """The session's migrated SQLite file, copied for each example (migrating is the slow
+    part)."""
+    return migrated_templates.sqlite_file()
 
 
 @settings(
@@ -420,9 +418,10 @@ async def _play(ops: list[Op], db: Path) -> None:
 
 
 async def test_backfill_pulls_a_channel_from_a_given_time_on_the_command_line(
-    database_url: str, woo: WooStore, tmp_path: Path
+    migrated_database_url: str, woo: WooStore, tmp_path: Path
 ) -> None:
     """`ordersync backfill --channel X --since T` reads every order modified since T, once."""
+    database_url = migrated_database_url
     assert woo.base_url is not None
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     clock = Clock(an_hour_ago)
@@ -435,20 +434,19 @@ async def test_backfill_pulls_a_channel_from_a_given_time_on_the_command_line(
         json.dumps({"database_url": database_url, "channels": [woo_channel(woo.base_url)]})
     )
 
-    async def backfill(*args: str) -> tuple[int, dict[str, Any]]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ordersync", "backfill", "--channel", "woo-teehaus",
-            *args, "--config", str(config), "--json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
+    async def backfill(*args: str, process: bool = False) -> dict[str, Any]:
+        run = run_process if process else run_cli_streams
+        code, out, err = await run(
+            "backfill", "--channel", "woo-teehaus", *args, "--config", str(config), "--json"
+        )
+        assert code == 0, err.decode()
         (row,) = json.loads(out)
-        return proc.returncode, row
+        return row
 
     since = (an_hour_ago - timedelta(minutes=5)).isoformat()
-    _, first = await backfill("--since", since)
-    _, again = await backfill("--since", since)
+    # The suite's one real `python -m ordersync backfill` process: the first run on SQLite.
+    first = await backfill("--since", since, process=database_url.startswith("sqlite"))
+    again = await backfill("--since", since)
 
     assert first["outcome_created"] == 5
     assert "outcome_created" not in again
@@ -478,9 +476,10 @@ async def test_a_pull_only_channel_answers_webhooks_with_not_found(
 
 
 async def test_the_embedded_hub_pulls_channels_that_have_a_pull_block(
-    database_url: str, woo: WooStore
+    migrated_database_url: str, woo: WooStore
 ) -> None:
     """`serve` without a broker runs a pull loop per channel with `pull`; orders arrive."""
+    database_url = migrated_database_url
     assert woo.base_url is not None
     woo.clock = Clock(datetime.now(UTC) - timedelta(seconds=60))
     woo.create()

@@ -18,6 +18,7 @@ import yaml
 from ordersync.bootstrap import Hub
 from ordersync.config import settings_from_mapping
 from ordersync.simulators.shopify_store import OrderFactory, update_note
+from ordersync.testing.cli import run_cli, run_process
 
 from .conftest import SHOP_SECRET, ClientFactory, HubStarter, Query, ShopifyShop
 
@@ -377,7 +378,11 @@ async def test_the_dry_run_shows_how_past_orders_would_route_and_changes_nothing
     )
     before = await query(room.hub, "SELECT sku, location_id, on_hand, reserved FROM stock")
 
-    rc, out = await ordersync(config, "route", "--dry-run", "--json", "--limit", "10")
+    # The suite's one real `python -m ordersync route` process: this first run, on SQLite.
+    on_sqlite = room.hub.settings.database_url.startswith("sqlite")
+    rc, out = await ordersync(
+        config, "route", "--dry-run", "--json", "--limit", "10", process=on_sqlite
+    )
     rc_table, table = await ordersync(config, "route", "--dry-run")
     rc_bad, bad = await ordersync(config, "route", "--dry-run", "--since", "yesterday")
     rc_wet, wet = await ordersync(config, "route")
@@ -399,22 +404,12 @@ async def test_the_dry_run_shows_how_past_orders_would_route_and_changes_nothing
     assert await query(room.hub, "SELECT sku, location_id, on_hand, reserved FROM stock") == before
 
 
-async def ordersync(config: Path, *args: str) -> tuple[int, bytes]:
-    import asyncio
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ordersync",
-        *args,
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out + err
+async def ordersync(config: Path, *args: str, process: bool = False) -> tuple[int, bytes]:
+    """`ordersync *args --config config`: in this process, or as a real child process."""
+    if process:
+        code, out, err = await run_process(*args, "--config", str(config))
+        return code, out + err
+    return await run_cli(*args, "--config", str(config))
 
 
 # ---- stock arriving ---------------------------------------------------------------------

@@ -117,3 +117,45 @@ async def test_a_return_received_by_hand_closes_its_reverse_pickup_and_its_timer
         w.hub, "SELECT rule FROM alerts WHERE shipment_id = :s", s=ret["shipment_id"]
     )
     assert alerts == []
+
+
+async def test_a_parcel_with_part_of_the_order_commits_nothing_until_the_order_ships(
+    world: World,
+) -> None:
+    """The teapot leaves first in its own parcel: picked up, the order is only partially
+    shipped and every unit stays reserved. The whisks' parcel picked up ships the order,
+    and then all its reservations are committed, once."""
+    w = world
+    order_id = await new_order(w, "SHIP-STOCK-PARCELS")
+    whisks, teapots = await stock(w, "MATCHA-WHISK"), await stock(w, "BLUE-TEAPOT")
+    url = f"/v1/orders/{order_id}/shipments"
+    first = await w.api.post(
+        url, json={"carrier_id": KDN, "lines": [{"sku": "BLUE-TEAPOT", "quantity": 1}]}
+    )
+    assert first.status_code == 201, first.text
+
+    await push_step(w, first.json()["tracking_number"], 0)  # the teapot picked up
+
+    assert (await order_of(w, order_id))["status"] == "paid"
+    assert await stock(w, "BLUE-TEAPOT") == teapots
+    assert await stock(w, "MATCHA-WHISK") == whisks
+    held = await w.query(
+        w.hub, "SELECT DISTINCT state FROM reservations WHERE order_id = :o", o=order_id
+    )
+    assert held == [("held",)]
+
+    rest = await w.api.post(url, json={"carrier_id": KDN})
+    assert rest.status_code == 201, rest.text
+    assert rest.json()["lines"] == [{"external_id": None, "sku": "MATCHA-WHISK", "quantity": 3}]
+    await push_step(w, rest.json()["tracking_number"], 0)  # the whisks picked up
+
+    assert (await order_of(w, order_id))["status"] == "shipped"
+    assert await stock(w, "MATCHA-WHISK") == (whisks[0] - 3, 0)
+    assert await stock(w, "BLUE-TEAPOT") == (teapots[0] - 1, 0)
+    states = await w.query(
+        w.hub, "SELECT DISTINCT state FROM reservations WHERE order_id = :o", o=order_id
+    )
+    assert states == [("committed",)]
+    assert await w.query(w.hub, "SELECT count(*) FROM stock_ledger WHERE cause = 'shipment'") == [
+        (2,)
+    ]

@@ -275,7 +275,8 @@ async def test_out_of_order_and_replayed_callbacks_converge_once(
 async def test_rebooking_with_another_carrier_cancels_the_old_shipment(
     world: World, query: Query
 ) -> None:
-    """The first configured carrier by default; re-booking elsewhere cancels it."""
+    """The first configured carrier by default; re-booking elsewhere cancels it, and the
+    new shipment names the one it replaced."""
     w = world
     order_id = await new_order(w)
     first = await book(w, order_id)
@@ -285,6 +286,14 @@ async def test_rebooking_with_another_carrier_cancels_the_old_shipment(
     )
 
     assert first["carrier_id"] == CARRIER_IDS["kdniao"]
+    assert second["replaces"] == [
+        {
+            "id": first["id"],
+            "carrier_id": first["carrier_id"],
+            "carrier_code": first["carrier_code"],
+            "tracking_number": first["tracking_number"],
+        }
+    ]
     problem_of(again, 409, "shipment_exists")
     shipments = await shipments_of(w, order_id)
     assert [(s["id"], s["status"], s["active"]) for s in shipments] == [

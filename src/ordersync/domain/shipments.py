@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class ShipmentStatus(StrEnum):
@@ -395,20 +395,22 @@ class FulfillmentStatus(StrEnum):
     """How far an order's goods have gone, from its active shipments alone."""
 
     UNFULFILLED = "unfulfilled"  # no shipment, or none picked up yet
-    PARTIALLY_SHIPPED = "partially_shipped"  # some shipments picked up, not all
-    SHIPPED = "shipped"  # every shipment picked up (or further)
-    DELIVERED = "delivered"  # every shipment delivered
+    PARTIALLY_SHIPPED = "partially_shipped"  # some picked up; not all, or units in none
+    SHIPPED = "shipped"  # every unit in a parcel, every parcel picked up (or further)
+    DELIVERED = "delivered"  # every unit in a parcel, every parcel delivered
 
 
-def fulfillment_of(shipments: Iterable[Shipment]) -> FulfillmentStatus:
-    """Pass the order's active shipments (a cancelled one ships nothing)."""
+def fulfillment_of(shipments: Iterable[Shipment], *, complete: bool = True) -> FulfillmentStatus:
+    """Pass the order's active shipments (a cancelled one ships nothing), and whether they
+    hold every unit of the order (`covers`): while some are in no parcel, the order is at
+    most partially shipped."""
     held = list(shipments)
     if not held:
         return FulfillmentStatus.UNFULFILLED
-    if all(s.status is ShipmentStatus.DELIVERED for s in held):
+    if complete and all(s.status is ShipmentStatus.DELIVERED for s in held):
         return FulfillmentStatus.DELIVERED
     picked = [s.picked_up_at is not None or s.status is ShipmentStatus.DELIVERED for s in held]
-    if all(picked):
+    if complete and all(picked):
         return FulfillmentStatus.SHIPPED
     return FulfillmentStatus.PARTIALLY_SHIPPED if any(picked) else FulfillmentStatus.UNFULFILLED
 
@@ -442,3 +444,186 @@ class CallbackRetry:
         if attempts >= self.max_attempts:
             return None
         return now + min(self.base * (1 << min(max(attempts - 1, 0), 30)), self.cap)
+
+
+# ---- parcels: which of an order's lines a shipment carries --------------------------------
+#
+# An order may leave in several parcels; each outbound shipment records the units of the
+# order's lines it carries. A line is known by its id on the platform where it has one (the
+# write-back needs it), else by its SKU, else by its position: lines sharing a key share
+# their units. A shipment stored before parcels existed carries the whole order.
+
+
+def line_key(external_id: str | None, sku: str | None, index: int) -> str:
+    if external_id:
+        return f"id:{external_id}"
+    if sku:
+        return f"sku:{sku}"
+    return f"line:{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParcelLine:
+    """Units of one order line in a parcel (`line`: the line's position when booked)."""
+
+    external_id: str | None
+    sku: str | None
+    quantity: int
+    line: int = 0
+
+    @property
+    def key(self) -> str:
+        return line_key(self.external_id, self.sku, self.line)
+
+    def public(self) -> dict[str, Any]:
+        """As the write-back reads it: the platform's line id, the SKU, how many."""
+        return {"external_id": self.external_id, "sku": self.sku, "quantity": self.quantity}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.public(), "line": self.line}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ParcelLine:
+        return cls(d.get("external_id"), d.get("sku"), int(d["quantity"]), int(d.get("line", 0)))
+
+
+class OrderedLine(Protocol):
+    """What parcels need of an order line (domain/orders.py `OrderLine` fits)."""
+
+    @property
+    def external_id(self) -> str | None: ...
+
+    @property
+    def sku(self) -> str | None: ...
+
+    @property
+    def quantity(self) -> int: ...
+
+
+class ParcelRefused(ValueError):
+    """A parcel the order cannot hold: `status` (409 for the order's state, 422 for the
+    request) and `code` for the API."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def units_of(lines: Sequence[OrderedLine]) -> dict[str, int]:
+    """The order's units per line key (lines without units ship nothing)."""
+    units: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        if line.quantity > 0:
+            key = line_key(line.external_id, line.sku, i)
+            units[key] = units.get(key, 0) + line.quantity
+    return units
+
+
+def whole_order(lines: Sequence[OrderedLine]) -> tuple[ParcelLine, ...]:
+    """Every unit of the order, one parcel line per line key."""
+    return _merge(
+        ParcelLine(line.external_id, line.sku, line.quantity, i)
+        for i, line in enumerate(lines)
+        if line.quantity > 0
+    )
+
+
+def _merge(lines: Iterable[ParcelLine]) -> tuple[ParcelLine, ...]:
+    merged: dict[str, ParcelLine] = {}
+    for p in lines:
+        held = merged.get(p.key)
+        merged[p.key] = (
+            p
+            if held is None
+            else ParcelLine(held.external_id, held.sku, held.quantity + p.quantity, held.line)
+        )
+    return tuple(merged.values())
+
+
+def remaining(
+    lines: Sequence[OrderedLine], parcels: Iterable[Sequence[ParcelLine] | None]
+) -> dict[str, int]:
+    """Units per line key not in any of `parcels` (None: a parcel of the whole order);
+    negative where parcels hold more than the order (it was changed since)."""
+    left = units_of(lines)
+    for parcel in parcels:
+        for p in whole_order(lines) if parcel is None else parcel:
+            if p.key in left:
+                left[p.key] -= p.quantity
+    return left
+
+
+def covers(lines: Sequence[OrderedLine], parcels: Iterable[Sequence[ParcelLine] | None]) -> bool:
+    """Whether the parcels hold every unit of the order."""
+    return all(n <= 0 for n in remaining(lines, parcels).values())
+
+
+def is_whole(lines: Sequence[OrderedLine], parcel: Sequence[ParcelLine]) -> bool:
+    """Whether one parcel carries the whole order (the write-back's "not partial")."""
+    held: dict[str, int] = {}
+    for p in parcel:
+        held[p.key] = held.get(p.key, 0) + p.quantity
+    return held == units_of(lines)
+
+
+def pick_lines(
+    lines: Sequence[OrderedLine],
+    requested: Sequence[tuple[str | None, str | None, int]],
+    left: Mapping[str, int],
+) -> tuple[ParcelLine, ...]:
+    """The parcel lines for `requested` (line id or SKU, quantity), out of the units `left`.
+
+    A line id names one line; a SKU takes from the order's lines of that SKU in turn.
+    Unknown lines are a 422; more units than the order has left outside other parcels, a
+    409 (nothing is booked then)."""
+    free = dict(left)
+    picked: list[ParcelLine] = []
+    for external_id, sku, quantity in requested:
+        if quantity <= 0:
+            raise ParcelRefused(422, "invalid_quantity", "a parcel line needs a positive quantity")
+        if external_id:
+            matches = [(i, x) for i, x in enumerate(lines) if x.external_id == external_id]
+            named = f"line {external_id!r}"
+        elif sku:
+            matches = [(i, x) for i, x in enumerate(lines) if x.sku == sku]
+            named = f"SKU {sku!r}"
+        else:
+            raise ParcelRefused(422, "line_unnamed", "a parcel line needs an external_id or a sku")
+        if sku and external_id and any(x.sku != sku for _, x in matches):
+            raise ParcelRefused(
+                422, "line_mismatch", f"line {external_id!r} of the order is not SKU {sku!r}"
+            )
+        if not matches:
+            raise ParcelRefused(422, "line_not_in_order", f"the order has no {named}")
+        need = quantity
+        for i, x in matches:
+            key = line_key(x.external_id, x.sku, i)
+            take = min(need, max(free.get(key, 0), 0))
+            if take:
+                free[key] -= take
+                picked.append(ParcelLine(x.external_id, x.sku, take, i))
+                need -= take
+            if not need:
+                break
+        if need:
+            have = quantity - need
+            raise ParcelRefused(
+                409,
+                "parcel_exceeds_order",
+                f"{named}: {quantity} asked for this parcel, but only {have} of its units"
+                " are not in another active parcel",
+            )
+    return _merge(picked)
+
+
+def rest_of(lines: Sequence[OrderedLine], left: Mapping[str, int]) -> tuple[ParcelLine, ...]:
+    """The units `left` (per line key) as parcel lines: what a booking without lines takes."""
+    free = dict(left)
+    picked: list[ParcelLine] = []
+    for i, line in enumerate(lines):
+        key = line_key(line.external_id, line.sku, i)
+        take = min(line.quantity, max(free.get(key, 0), 0))
+        if take > 0:
+            free[key] -= take
+            picked.append(ParcelLine(line.external_id, line.sku, take, i))
+    return _merge(picked)

@@ -23,11 +23,22 @@ the sweep skips it until then) and, after `max_attempts` failures, its callbacks
 parked: a `shipment.callback_parked` alert, `GET /v1/carrier-callbacks/parked`, and a
 replay that applies one once.
 
+An order may leave in several parcels: each outbound shipment records the units of the
+order's lines it carries (`ShipmentRecord.lines`; one booked before parcels existed carries
+the whole order). A booking names its lines or takes every unit not yet in an active parcel;
+active parcels never hold more than the order (checked before the carrier is asked, and
+again under the order's lock when the booking is stored: a booking that lost a race is
+refused and its unused waybill cancelled). Re-booking (`replaces`, or naming another carrier
+for an order held by one parcel) cancels only the parcel replaced. `shipment.created`
+carries what a channel write-back needs: the parcel's `lines` when it holds part of the
+order, `completes_order`, and `replaces` ([{id, carrier_id, carrier_code, tracking_number}]).
+
 An order follows its active outbound shipments (`fulfillment_of`): some picked up emits
-`order.partially_shipped`, all picked up moves it to shipped, all delivered to delivered
-and schedules `order.review_requested` (a durable reminder in `order_reminders`). Its stock
-follows in the same transaction (`on_order_change`, as for a status change through the
-API): shipped commits the order's reservations.
+`order.partially_shipped`; every unit in a parcel and every parcel picked up moves it to
+shipped; every unit in a parcel and every parcel delivered, to delivered, and schedules
+`order.review_requested` (a durable reminder in `order_reminders`). Its stock follows in
+the same transaction (`on_order_change`, as for a status change through the API): shipped
+commits the order's reservations (so a partial parcel commits nothing on its own).
 
 The anomaly timer is the shipment row's `due_us`: the earliest time a rule not yet raised
 for it could fire. The sweep asks the database only for due rows, so a restart loses no
@@ -73,11 +84,19 @@ from ordersync.domain.shipments import (
     CallbackRetry,
     FulfillmentStatus,
     MappingTable,
+    ParcelLine,
+    ParcelRefused,
     Shipment,
     ShipmentStatus,
     TrackingUpdate,
+    covers,
     delivered_at,
     fulfillment_of,
+    is_whole,
+    line_key,
+    pick_lines,
+    remaining,
+    rest_of,
     update_from_dict,
     update_to_dict,
 )
@@ -130,6 +149,13 @@ class ShipmentRecord:
     # What the booking said beside the tracking number: `carrier_ref`, `label_url`, the
     # carrier `choice` (why this carrier) and, once re-booked elsewhere, `carrier_cancel`.
     booking: dict[str, Any] = field(default_factory=dict)
+    # The order's units this parcel carries (None: the whole order; shipments booked before
+    # parcels existed), whether that is only part of the order, whether the order's units
+    # were all in parcels once it was booked, and the shipments a re-booking replaced.
+    lines: tuple[ParcelLine, ...] | None = None
+    partial: bool = False
+    completes_order: bool = True
+    replaces: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_return(self) -> bool:
@@ -148,11 +174,16 @@ class ShipmentRecord:
             "subscribed": self.subscribed,
             "direction": self.direction,
             "booking": self.booking,
+            "lines": None if self.lines is None else [p.to_dict() for p in self.lines],
+            "partial": self.partial,
+            "completes_order": self.completes_order,
+            "replaces": self.replaces,
         }
 
     @classmethod
     def from_doc(cls, d: Mapping[str, Any]) -> ShipmentRecord:
         cancelled = d.get("cancelled_at")
+        lines = d.get("lines")
         return cls(
             Shipment.from_dict(d),
             d["order_id"],
@@ -161,6 +192,10 @@ class ShipmentRecord:
             bool(d.get("subscribed", False)),
             direction=d.get("direction", "outbound"),
             booking=dict(d.get("booking") or {}),
+            lines=None if lines is None else tuple(ParcelLine.from_dict(p) for p in lines),
+            partial=bool(d.get("partial", False)),
+            completes_order=bool(d.get("completes_order", True)),
+            replaces=list(d.get("replaces") or []),
         )
 
     def view(self) -> dict[str, Any]:
@@ -184,6 +219,13 @@ class ShipmentRecord:
             "label_url": self.booking.get("label_url") or None,
             "choice": self.booking.get("choice"),
             "carrier_cancel": self.booking.get("carrier_cancel"),
+            # A parcel with part of the order lists its lines (the platform's line id, SKU,
+            # units); a parcel of the whole order lists none. `completes_order`: no unit of
+            # the order was left outside a parcel once it was booked. `replaces`: the
+            # shipments this re-booking superseded (a channel write-back updates them).
+            "lines": [p.public() for p in self.lines or ()] if self.partial else [],
+            "completes_order": self.completes_order,
+            "replaces": self.replaces,
             "corrections": [c.to_dict() for c in s.corrections],
             "events": [
                 {
@@ -335,6 +377,10 @@ class ShipmentStore(Protocol):
 
     async def order_of_shipment(self, shipment_id: str) -> str | None: ...
 
+    async def parked_count(self) -> int:
+        """Carrier callbacks parked after failing to apply `max_attempts` times."""
+        ...
+
     async def due_shipments(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """(shipment id, order id) of active shipments whose timer is due, earliest first."""
         ...
@@ -389,6 +435,8 @@ class AlertObserver(Protocol):
     def raised(self, rule: str) -> None: ...
 
     def open_counts(self, counts: Mapping[str, int]) -> None: ...
+
+    def parked_callbacks(self, count: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -543,29 +591,30 @@ class ShipmentService:
         carrier_code: str | None = None,
         weight_kg: Decimal | None = None,
         service: str = "",
+        lines: Sequence[tuple[str | None, str | None, int]] | None = None,
+        replaces: str | None = None,
     ) -> ShipmentRecord:
-        """Book a waybill for the order; an active shipment with another carrier is cancelled
-        (here and, where the connector can, with that carrier).
+        """Book a waybill for a parcel of the order.
+
+        `lines` ((line external id, SKU, units) each) names what the parcel carries; without
+        them it takes every unit not yet in an active parcel. Parcels may coexist as long as
+        they hold no more than the order (409 `parcel_exceeds_order` otherwise, before any
+        carrier is asked). `replaces` re-books one parcel (its lines, unless `lines` say
+        otherwise): only that shipment is cancelled (here and, where the connector can,
+        with its carrier). A booking without lines for an order whose units are all in
+        one parcel, naming another carrier, re-books that parcel (switching carriers).
 
         Without `carrier_id` the carrier rules choose, and the rule's fallbacks are tried in
         turn when a carrier fails; nothing is stored for a failed attempt."""
         named = None if carrier_id is None else self.carrier(carrier_id)
+        named_id = None if named is None else named.account.carrier_id
         order = await self.store.load_order(order_id)
         if order is None:
             raise OrderNotFound(order_id)
         if order.status is OrderStatus.CANCELLED:
             raise ShipmentError(409, "order_cancelled", f"order {order_id} is cancelled")
-        for held in await self.store.list_for_order(order_id):
-            if not held.active or held.is_return:
-                continue
-            if named is None or held.shipment.carrier_id == named.account.carrier_id:
-                raise ShipmentError(
-                    409,
-                    "shipment_exists",
-                    f"order {order_id} is already booked with {held.shipment.carrier_id}"
-                    f" (tracking number {held.shipment.tracking_number}); name a carrier_id"
-                    " to switch",
-                )
+        held = await self.store.list_for_order(order_id)
+        plan = _plan(order, held, named_id, lines, replaces)
         if named is not None:
             choice = explicit(named.account.carrier_id)
         else:
@@ -578,7 +627,14 @@ class ShipmentService:
         try:
             booked = await book_first(
                 [self.carriers[c] for c in choice.carriers],
-                lambda c: _booking(order, carrier_code or c.carrier_code, weight_kg, service),
+                lambda c: _booking(
+                    order,
+                    carrier_code or c.carrier_code,
+                    weight_kg,
+                    service,
+                    plan.lines,
+                    _order_ref(order_id, held, c.account.carrier_id),
+                ),
                 self.send,
                 self.carrier_rules.observer,
             )
@@ -592,6 +648,7 @@ class ShipmentService:
             ) from None
         carrier, result = booked.carrier, booked.result
         account = carrier.account
+        order_ref = _order_ref(order_id, held, account.carrier_id)
         subscribed = await self._subscribe(carrier, result.tracking_number, result.carrier_code)
         now = self.clock()
         record = ShipmentRecord(
@@ -607,30 +664,71 @@ class ShipmentService:
             booking={
                 "carrier_ref": result.carrier_ref,
                 "label_url": result.label_url,
+                "order_ref": order_ref,
                 "choice": {
                     **choice.to_dict(account.carrier_id),
                     "failed_attempts": [a.to_dict() for a in booked.attempts],
                 },
             },
+            lines=plan.lines,
+            partial=plan.partial,
+            completes_order=plan.completes,
         )
         replaced: list[ShipmentRecord] = []
-        async with self.store.transaction() as tx:
-            locked = await tx.orders.get(order_id)
-            if locked is None:  # pragma: no cover - orders are never deleted
-                raise OrderNotFound(order_id)
-            for old in await tx.shipments_of_order(order_id):
-                if old.active and not old.is_return:
-                    old.active, old.cancelled_at = False, now
-                    await tx.update_shipment(old, None, now)
-                    tx.emit(self._entry(SHIPMENT_UPDATED, locked, old.view(), now))
-                    replaced.append(old)
-            await tx.insert_shipment(record, next_due(record, self.rules, set()), now)
-            tx.emit(self._entry(SHIPMENT_CREATED, locked, record.view(), now))
-            await self._commit(tx)
+        try:
+            async with self.store.transaction() as tx:
+                locked = await tx.orders.get(order_id)
+                if locked is None:  # pragma: no cover - orders are never deleted
+                    raise OrderNotFound(order_id)
+                current = await tx.shipments_of_order(order_id)
+                # Another booking may have committed while the carrier was asked: the
+                # parcel must still fit as planned, under the order's lock.
+                if locked.status is OrderStatus.CANCELLED:
+                    raise ShipmentError(409, "order_cancelled", f"order {order_id} is cancelled")
+                if _plan(locked, current, named_id, lines, replaces) != plan:
+                    raise ShipmentError(
+                        409,
+                        "parcels_changed",
+                        f"the parcels of order {order_id} changed while booking; try again",
+                    )
+                for old in current:
+                    if old.shipment.shipment_id in plan.replaced:
+                        old.active, old.cancelled_at = False, now
+                        await tx.update_shipment(old, None, now)
+                        tx.emit(self._entry(SHIPMENT_UPDATED, locked, old.view(), now))
+                        replaced.append(old)
+                record.replaces = [
+                    {
+                        "id": old.shipment.shipment_id,
+                        "carrier_id": old.shipment.carrier_id,
+                        "carrier_code": old.shipment.carrier_code,
+                        "tracking_number": old.shipment.tracking_number,
+                    }
+                    for old in replaced
+                ]
+                await tx.insert_shipment(record, next_due(record, self.rules, set()), now)
+                tx.emit(self._entry(SHIPMENT_CREATED, locked, record.view(), now))
+                await self._commit(tx)
+        except ShipmentError:
+            # Nothing was stored: the waybill just booked is not used.
+            await self._cancel_unused(carrier, Waybill(order_ref, *_waybill_of(result)))
+            raise
         self.shipment_committed(account.carrier_id, result.tracking_number)
         for old in replaced:  # the new booking stands; the old waybill is merely unused
             await self.cancel_with_carrier(old)
         return record
+
+    async def _cancel_unused(self, carrier: Carrier, waybill: Waybill) -> None:
+        """Cancel a waybill booked for a booking that was then refused (best effort: the
+        refusal stands whatever the carrier says)."""
+        try:
+            outcome = await cancel_waybill(carrier, waybill, self.send, self.carrier_rules.observer)
+        except Exception as e:
+            if cancelling():
+                raise asyncio.CancelledError from e
+            log.warning("cancelling an unused waybill failed", exc_info=True)
+            return
+        log.info("unused waybill with %s: %s", carrier.account.carrier_id, outcome["state"])
 
     async def cancel_with_carrier(self, old: ShipmentRecord) -> None:
         """Cancel a waybill no longer needed (re-booked elsewhere, a return received by
@@ -1074,7 +1172,7 @@ class ShipmentService:
             else:
                 self._early.discard(key)
             return dict.fromkeys(given_up, UNKNOWN), []
-        before = _fulfillment(shipments)
+        before = _fulfillment(order, shipments)
         sid = record.shipment.shipment_id
         outcomes: dict[str, str] = {}
         for callback, doc, _ in pending:
@@ -1105,10 +1203,11 @@ class ShipmentService:
         before: FulfillmentStatus,
         now: datetime,
     ) -> None:
-        """The order follows its outbound shipments: every one picked up, shipped; every one
-        delivered, delivered (where the state machine allows; an order already further
-        along is left alone). Some but not all picked up: `order.partially_shipped`."""
-        after = _fulfillment(shipments)
+        """The order follows its outbound shipments: every unit in a parcel and every
+        parcel picked up, shipped; and every one delivered, delivered (where the state
+        machine allows; an order already further along is left alone). Some picked up but
+        not that: `order.partially_shipped`."""
+        after = _fulfillment(order, shipments)
         targets: list[OrderStatus] = []
         if after in (FulfillmentStatus.SHIPPED, FulfillmentStatus.DELIVERED):
             targets.append(OrderStatus.SHIPPED)
@@ -1241,17 +1340,20 @@ class ShipmentService:
         await self.refresh_open_alerts()
 
     async def refresh_open_alerts(self) -> None:
-        """Publish the unresolved alerts per rule (the `ordersync_alerts_open` gauge)."""
+        """Publish the unresolved alerts per rule (the `ordersync_alerts_open` gauge) and
+        the parked carrier callbacks (`ordersync_carrier_callbacks_parked`)."""
         if self.observer is None:
             return
         try:
             counts = await self.store.open_alert_counts()
+            parked = await self.store.parked_count()
         except Exception as e:  # metrics must never fail the work they describe
             if cancelling():  # ... nor keep it from stopping
                 raise asyncio.CancelledError from e
             log.debug("counting open alerts failed", exc_info=True)
             return
         self.observer.open_counts({str(k): 0 for k in AlertKind} | counts)
+        self.observer.parked_callbacks(parked)
 
     async def tracking_expired(
         self, expired: Sequence[tuple[str, str]], max_age: timedelta, now: datetime
@@ -1347,9 +1449,10 @@ class ShipmentService:
 
     async def fulfillment(self, order_id: str) -> FulfillmentStatus:
         """The order's fulfilment, derived from its active outbound shipments."""
-        if await self.store.load_order(order_id) is None:
+        order = await self.store.load_order(order_id)
+        if order is None:
             raise OrderNotFound(order_id)
-        return _fulfillment(await self.store.list_for_order(order_id))
+        return _fulfillment(order, await self.store.list_for_order(order_id))
 
     async def open_alerts(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self.store.alerts(("open", "acknowledged"), limit)
@@ -1379,11 +1482,105 @@ def _sources(
     return out
 
 
-def _fulfillment(shipments: Iterable[ShipmentRecord]) -> FulfillmentStatus:
-    return fulfillment_of(r.shipment for r in shipments if r.active and not r.is_return)
+def _fulfillment(order: Order, shipments: Iterable[ShipmentRecord]) -> FulfillmentStatus:
+    """From the order's active outbound parcels, and whether they hold all of its units."""
+    active = [r for r in shipments if r.active and not r.is_return]
+    complete = covers(order.lines, [r.lines for r in active])
+    return fulfillment_of((r.shipment for r in active), complete=complete)
 
 
-def _booking(order: Order, carrier_code: str, weight_kg: Decimal | None, service: str) -> Booking:
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a booking will store: the parcel's lines, the shipments it replaces."""
+
+    lines: tuple[ParcelLine, ...]
+    replaced: frozenset[str]
+    partial: bool
+    completes: bool
+
+
+def _plan(
+    order: Order,
+    shipments: Sequence[ShipmentRecord],
+    carrier_id: str | None,
+    lines: Sequence[tuple[str | None, str | None, int]] | None,
+    replaces: str | None,
+) -> _Plan:
+    """Check a booking against the order's parcels (ShipmentError: refused, nothing done)."""
+    active = [r for r in shipments if r.active and not r.is_return]
+    targets: list[ShipmentRecord] = []
+    if replaces is not None:
+        target = next(
+            (r for r in shipments if r.shipment.shipment_id == replaces and not r.is_return), None
+        )
+        if target is None:
+            raise ShipmentError(
+                404, "shipment_not_found", f"order {order.id} has no shipment {replaces!r}"
+            )
+        if not target.active:
+            raise ShipmentError(
+                409, "shipment_not_active", f"shipment {replaces} was cancelled already"
+            )
+        targets = [target]
+    others = [r for r in active if r.shipment.shipment_id != replaces]
+    left = remaining(order.lines, [r.lines for r in others])
+    try:
+        if lines is not None:
+            picked = pick_lines(order.lines, lines, left)
+        elif targets:
+            picked = rest_of(order.lines, remaining(order.lines, []))
+            if targets[0].lines is not None:
+                picked = targets[0].lines
+        else:
+            picked = rest_of(order.lines, left)
+    except ParcelRefused as e:
+        raise ShipmentError(e.status, e.code, e.detail) from None
+    if lines is None and not targets and not picked and others:
+        # Every unit is in a parcel already: naming another carrier switches the one
+        # parcel there (a re-booking); several parcels need `replaces` to say which.
+        one = others[0]
+        if carrier_id is None or len(others) > 1 or one.shipment.carrier_id == carrier_id:
+            where = (
+                f"{len(others)} parcels; name the one to re-book in `replaces`"
+                if len(others) > 1
+                else f"{one.shipment.carrier_id} (tracking number"
+                f" {one.shipment.tracking_number}); name a carrier_id to switch"
+            )
+            raise ShipmentError(
+                409, "shipment_exists", f"order {order.id} is already booked with {where}"
+            )
+        targets, others = [one], []
+        picked = (
+            one.lines if one.lines is not None else rest_of(order.lines, remaining(order.lines, []))
+        )
+    return _Plan(
+        picked,
+        frozenset(r.shipment.shipment_id for r in targets),
+        not is_whole(order.lines, picked),
+        covers(order.lines, [*(r.lines for r in others), picked]),
+    )
+
+
+def _waybill_of(result: BookingResult) -> tuple[str, str, str]:
+    return result.tracking_number, result.carrier_code, result.carrier_ref
+
+
+def _order_ref(order_id: str, shipments: Sequence[ShipmentRecord], carrier_id: str) -> str:
+    """The order reference a carrier books with: the order's id for its first waybill
+    there; a later parcel (or re-booking) with the same carrier gets a suffix, since a
+    carrier may take each reference once."""
+    n = sum(1 for r in shipments if not r.is_return and r.shipment.carrier_id == carrier_id)
+    return order_id if n == 0 else f"{order_id}-{n + 1}"
+
+
+def _booking(
+    order: Order,
+    carrier_code: str,
+    weight_kg: Decimal | None,
+    service: str,
+    lines: Sequence[ParcelLine] = (),
+    order_ref: str | None = None,
+) -> Booking:
     a = order.shipping_address
     customer = order.customer
     recipient = Party(
@@ -1397,8 +1594,13 @@ def _booking(order: Order, carrier_code: str, weight_kg: Decimal | None, service
         country=(a.country_code if a else None) or "CN",
     )
     items = tuple(Item(line.name or line.sku or "item", line.quantity) for line in order.lines)
+    if lines:  # the parcel's units only
+        names = {
+            line_key(x.external_id, x.sku, i): x.name or x.sku for i, x in enumerate(order.lines)
+        }
+        items = tuple(Item(names.get(p.key) or p.sku or "item", p.quantity) for p in lines)
     return Booking(
-        order_id=order.id,
+        order_id=order_ref or order.id,
         carrier_code=carrier_code,
         sender=Party("", "", "", "", "", ""),
         recipient=recipient,

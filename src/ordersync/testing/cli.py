@@ -15,6 +15,7 @@ need the main thread of a process of their own: run those as child processes.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Sequence
 
@@ -27,6 +28,14 @@ _NEEDS_A_PROCESS = frozenset({"serve", "worker", "demo"})
 
 def invoke_cli(args: Sequence[str], *, input: str | None = None) -> tuple[int, bytes]:
     """`ordersync *args` in this thread: (exit code, stdout followed by stderr)."""
+    code, out, err = invoke_cli_streams(args, input=input)
+    return code, out + err
+
+
+def invoke_cli_streams(
+    args: Sequence[str], *, input: str | None = None
+) -> tuple[int, bytes, bytes]:
+    """`ordersync *args` in this thread: (exit code, stdout, stderr), the streams apart."""
     if _NEEDS_A_PROCESS.intersection(args[:1]):
         raise ValueError(f"`ordersync {args[0]}` needs a process of its own")
     from ordersync.cli import app  # imported on use: nothing at import time
@@ -36,9 +45,28 @@ def invoke_cli(args: Sequence[str], *, input: str | None = None) -> tuple[int, b
     code = result.exit_code
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # a crash, not an exit: the test should see its traceback
-    return code, result.stdout_bytes + result.stderr_bytes
+    return code, result.stdout_bytes, result.stderr_bytes
 
 
 async def run_cli(*args: str, input: str | None = None) -> tuple[int, bytes]:
     """`ordersync *args` in this process, off the event loop: (exit code, output)."""
     return await asyncio.to_thread(invoke_cli, args, input=input)
+
+
+async def run_cli_streams(*args: str, input: str | None = None) -> tuple[int, bytes, bytes]:
+    """`ordersync *args` in this process, off the event loop: (exit code, stdout, stderr)."""
+    return await asyncio.to_thread(invoke_cli_streams, args, input=input)
+
+
+async def run_process(*args: str, input: str | None = None) -> tuple[int, bytes, bytes]:
+    """`python -m ordersync *args` as a real child process: (exit code, stdout, stderr).
+
+    For the one run per command that proves the real entry point; `run_cli` for the rest."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ordersync", *args,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate(None if input is None else input.encode())
+    assert proc.returncode is not None
+    return proc.returncode, out, err

@@ -462,6 +462,13 @@ class SqlShipmentStore(UowStore):
             ).first()
         return None if row is None else str(row[0])
 
+    async def parked_count(self) -> int:
+        async with self.db.read() as conn:  # the partial index ix_carrier_inbox_parked
+            n = await conn.execute(
+                text("SELECT count(*) FROM carrier_inbox WHERE outcome = 'parked'")
+            )
+            return int(n.scalar_one())
+
     async def open_alert_counts(self) -> dict[str, int]:
         async with self.db.read() as conn:
             rows = await conn.execute(

@@ -10,7 +10,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from ordersync.domain.order_status import HoldReason, OrderStatus, PaymentStatus
 from ordersync.domain.orders import Address, Customer, OrderLine, OrderSnapshot, Totals
@@ -399,3 +406,23 @@ class DeliveryPage(BaseModel):
 class WebhookAck(BaseModel):
     outcome: str
     order_id: str | None = None
+
+
+# ---- shipments ----------------------------------------------------------------------------
+
+
+class ParcelLineIn(_In):
+    """Units of one order line in a parcel: the line's id on the platform, or its SKU."""
+
+    external_id: str | None = Field(default=None, min_length=1, max_length=200)
+    sku: str | None = Field(default=None, min_length=1, max_length=200)
+    quantity: int = Field(gt=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _named(self) -> ParcelLineIn:
+        if self.external_id is None and self.sku is None:
+            raise ValueError("a parcel line needs its external_id or its sku")
+        return self
+
+    def as_tuple(self) -> tuple[str | None, str | None, int]:
+        return (self.external_id, self.sku, self.quantity)

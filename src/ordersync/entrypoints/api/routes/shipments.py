@@ -18,6 +18,7 @@ from ordersync.config import Scope
 from ordersync.entrypoints.api.auth import require
 from ordersync.entrypoints.api.deps import hub, json_response
 from ordersync.entrypoints.api.errors import ApiProblem
+from ordersync.entrypoints.api.schemas import ParcelLineIn
 from ordersync.service.shipments import ALERT_STATES, ShipmentError, ShipmentService
 
 router = APIRouter(tags=["shipments"])
@@ -36,6 +37,10 @@ class BookingIn(BaseModel):
     service: str = Field(default="", max_length=64)
     # The delivery date promised to the buyer: `delivery_overdue` alerts count from it.
     promised_by: AwareDatetime | None = None
+    # What this parcel carries (None: every unit not yet in an active parcel).
+    lines: list[ParcelLineIn] | None = Field(default=None, min_length=1, max_length=500)
+    # The shipment this booking re-books (cancelled once the new one is stored).
+    replaces: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 def _service(request: Request) -> ShipmentService:
@@ -65,7 +70,11 @@ async def carrier_callback(carrier_id: str, request: Request) -> Response:
     return Response(ack.body, status_code=ack.status, media_type=ack.content_type)
 
 
-@router.post("/v1/orders/{order_id}/shipments", status_code=201, summary="Book a waybill")
+@router.post(
+    "/v1/orders/{order_id}/shipments",
+    status_code=201,
+    summary="Book a waybill for a parcel (all units not yet in a parcel, or the given lines)",
+)
 async def book_shipment(
     order_id: str, booking: BookingIn, request: Request, principal: Writer
 ) -> Response:
@@ -77,6 +86,8 @@ async def book_shipment(
             carrier_code=booking.carrier_code,
             weight_kg=booking.weight_kg,
             service=booking.service,
+            lines=None if booking.lines is None else [x.as_tuple() for x in booking.lines],
+            replaces=booking.replaces,
         )
         if booking.promised_by is not None:
             record = await service.promise(record.shipment.shipment_id, booking.promised_by)
