@@ -2,18 +2,21 @@
 
     .venv/bin/python -m bench.flash_sale [--seconds 3] [--buyers 8,64,256] [--db sqlite,postgresql]
 
-For each database and each number of concurrent buyers, two runs on a fresh database:
+For each database and each number of concurrent buyers, runs on a fresh database:
 
 - `batched`: the hub's `InventoryService` (one writer per SKU, every reservation queued
-  while the previous transaction committed goes into the next one: ADR 6). Each
+  while the previous transaction committed goes into the next one: ADR 6; on PostgreSQL
+  pipelined: the next batch is decided while the last one commits, ADR 10). Each
   reservation writes its stock change, a `reservations` row, a ledger row and a
   `stock.reserved` outbox event.
+- `locked` (PostgreSQL): the same writer without the pipeline of ADR 10, so each batch
+  locks, decides, writes and commits before the next one starts (ADR 6 alone).
 - `naive`: what most code does: one transaction per reservation with a conditional
   `UPDATE stock SET reserved = reserved + 1 WHERE ... AND on_hand - reserved >= 1`,
   plus the same `reservations` and ledger rows (no outbox event: it does less).
 
 Buyers are coroutines in this process, each reserving one unit in a loop for `--seconds`.
-Latency is per reservation, from the call to its commit. Both runs check the result:
+Latency is per reservation, from the call to its commit. Every run checks the result:
 reserved = rows in `reservations` = the ledger's sum. Same run, same machine: compare the
 ratio, the absolute numbers depend on what else the (shared) machine is doing.
 
@@ -63,7 +66,6 @@ from ordersync.service.outbox import EventRouter
 
 SKU, LOCATION = "FLASH-TEAPOT", "berlin-dc"
 STOCK = 10**9  # never sold out: we measure the rate, not the end of the sale
-PIPELINE = os.environ.get("ORDERSYNC_BENCH_PIPELINE", "1") != "0"
 NAIVE_POOL = 16  # connections (x2 with overflow) for the naive run on PostgreSQL
 
 Reserve = Callable[[int, int], Awaitable[bool]]
@@ -104,7 +106,9 @@ async def _drive(buyers: int, seconds: float, reserve: Reserve) -> tuple[int, in
     return counts[0], counts[1], latencies
 
 
-async def _batched(db: Database, buyers: int, seconds: float) -> tuple[int, int, list[float]]:
+async def _batched(
+    db: Database, buyers: int, seconds: float, *, pipeline: bool = True
+) -> tuple[int, int, list[float]]:
     policy = InventoryPolicy({LOCATION: Location(LOCATION, LocationKind.WAREHOUSE, "eu", 1)})
     router = EventRouter([])
     service = InventoryService(
@@ -114,7 +118,7 @@ async def _batched(db: Database, buyers: int, seconds: float) -> tuple[int, int,
         writers=1 if db.is_sqlite else 8,
         max_batch=512,
         carrying=None
-        if db.is_sqlite or not PIPELINE
+        if db.is_sqlite or not pipeline
         else sql_carrying(lambda c: SqlUnitOfWork(db, router, inventory=policy, stock_carry=c)),
     )
     await service.start(sweep=False)
@@ -127,6 +131,11 @@ async def _batched(db: Database, buyers: int, seconds: float) -> tuple[int, int,
         return await _drive(buyers, seconds, reserve)
     finally:
         await service.stop()
+
+
+async def _locked(db: Database, buyers: int, seconds: float) -> tuple[int, int, list[float]]:
+    """The batched writer without the pipeline (ADR 6 alone: lock, decide, write, commit)."""
+    return await _batched(db, buyers, seconds, pipeline=False)
 
 
 async def _naive(db: Database, buyers: int, seconds: float) -> tuple[int, int, list[float]]:
@@ -222,7 +231,7 @@ async def _one(kind: str, mode: str, buyers: int, seconds: float) -> dict[str, A
         pg_name, url = create_pg_database(f"flash_{mode}")
     db = await _prepare(url)
     try:
-        run = _batched if mode == "batched" else _naive
+        run = {"batched": _batched, "locked": _locked, "naive": _naive}[mode]
         backends = _Backends(db) if kind == "postgresql" else None
         stop = asyncio.Event()
         poller = asyncio.create_task(backends.run(stop)) if backends else None
@@ -261,6 +270,12 @@ async def _one(kind: str, mode: str, buyers: int, seconds: float) -> dict[str, A
     }
 
 
+def _modes(kind: str) -> tuple[str, ...]:
+    """`locked`: the batched writer without ADR 10's pipeline (PostgreSQL only: SQLite's
+    writer is never pipelined, so there it is the same as `batched`)."""
+    return ("naive", "locked", "batched") if kind == "postgresql" else ("naive", "batched")
+
+
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -272,7 +287,7 @@ async def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     for kind in args.db.split(","):
         for buyers in (int(b) for b in args.buyers.split(",")):
-            for mode in ("naive", "batched"):
+            for mode in _modes(kind):
                 rows.append(await _one(kind, mode, buyers, args.seconds))
                 r = rows[-1]
                 print(
@@ -284,16 +299,18 @@ async def main(argv: list[str] | None = None) -> None:
     table = []
     for kind in args.db.split(","):
         for buyers in (int(b) for b in args.buyers.split(",")):
-            naive, batched = (
-                next(r for r in rows if (r["db"], r["buyers"], r["mode"]) == (kind, buyers, m))
-                for m in ("naive", "batched")
-            )
+            cell = {
+                m: next(r for r in rows if (r["db"], r["buyers"], r["mode"]) == (kind, buyers, m))
+                for m in _modes(kind)
+            }
+            naive, batched, locked = cell["naive"], cell["batched"], cell.get("locked")
             table.append(
                 [
                     kind,
                     buyers,
                     naive["per_second"],
                     naive["p99_ms"],
+                    locked["per_second"] if locked else "-",
                     batched["per_second"],
                     batched["p99_ms"],
                     f"{batched['per_second'] / max(naive['per_second'], 1):.1f}x",
@@ -308,9 +325,10 @@ async def main(argv: list[str] | None = None) -> None:
             "buyers",
             "naive/s",
             "naive p99 ms",
+            "batched, not pipelined/s",
             "batched/s",
             "batched p99 ms",
-            "ratio",
+            "batched / naive",
             "batched hub CPU us/res",
             "batched PG CPU us/res",
         ],
