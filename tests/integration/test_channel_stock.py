@@ -6,7 +6,6 @@ bursts are coalesced, stale feeds publish 0, CSV feeds apply whole or not at all
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from ordersync.adapters.db.database import Database
 from ordersync.bootstrap import Hub
 from ordersync.config import Settings, settings_from_mapping
 from ordersync.simulators.stock_recorder import StockRecorder
+from ordersync.testing.cli import run_cli_streams, run_process
 
 from .conftest import SHOP_SECRET, ClientFactory, Eventually, HubStarter, Query
 
@@ -349,7 +349,9 @@ async def test_the_stock_import_command_applies_a_feed_file_once(
     bad = tmp_path / "bad.csv"
     bad.write_text("sku,location_id,on_hand\nBLUE-TEAPOT,lisbon-dc,7\n")
 
-    rc1, out1 = await ordersync(config, "stock", "import", str(good), "--json")
+    # The suite's one real `python -m ordersync stock import` process: this first run, on SQLite.
+    on_sqlite = settings.database_url.startswith("sqlite")
+    rc1, out1 = await ordersync(config, "stock", "import", str(good), "--json", process=on_sqlite)
     rc2, out2 = await ordersync(config, "stock", "import", str(good), "--json")
     rc3, out3 = await ordersync(config, "stock", "import", str(bad), "--json")
 
@@ -362,20 +364,12 @@ async def test_the_stock_import_command_applies_a_feed_file_once(
     assert await teapot_stock(t.wms) == {"paris-store": 7}
 
 
-async def ordersync(config: Path, *args: str) -> tuple[int, bytes]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ordersync",
-        *args,
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out if proc.returncode == 0 else out + err
+async def ordersync(config: Path, *args: str, process: bool = False) -> tuple[int, bytes]:
+    """`ordersync *args --config config` in this process (or as a real child process): the
+    exit code and stdout, with stderr after it on a failure."""
+    run = run_process if process else run_cli_streams
+    code, out, err = await run(*args, "--config", str(config))
+    return code, out if code == 0 else out + err
 
 
 # ---- inventory.low ---------------------------------------------------------------------------

@@ -1,11 +1,12 @@
-"""`ordersync import FILE` run as a real process against a SQLite hub: each error policy, the
-per-row error report (table and JSON), idempotent re-imports."""
+"""`ordersync import FILE` against a SQLite hub: each error policy, the per-row error
+report (table and JSON), idempotent re-imports. The command runs in this process
+(`run_cli_streams`), except in the table test, the suite's one real `python -m ordersync
+import` process."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy import text
 
 from ordersync.bootstrap import build_hub
 from ordersync.config import settings_from_mapping
+from ordersync.testing.cli import run_cli_streams, run_process
 
 MAPPING = {
     "format": "csv",
@@ -69,15 +71,15 @@ def csv_file(tmp_path: Path, rows: str, name: str = "orders.csv") -> Path:
     return path
 
 
-async def run_import(config: Path, file: Path, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ordersync", "import", str(file), "--channel", "erp-inhouse",
-        *args, "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+async def run_import(
+    config: Path, file: Path, *args: str, process: bool = False
+) -> tuple[int, str, str]:
+    """`ordersync import FILE ...`: (exit code, stdout, stderr), in this process or not."""
+    run = run_process if process else run_cli_streams
+    code, out, err = await run(
+        "import", str(file), "--channel", "erp-inhouse", *args, "--config", str(config)
+    )
+    return code, out.decode(), err.decode()
 
 
 async def stored(config: Path) -> tuple[dict[str, tuple[str, str]], list[tuple[str, str | None]]]:
@@ -175,7 +177,8 @@ async def test_the_error_report_is_a_table_without_json(hub_config: Path, tmp_pa
     """Without --json the refused rows are printed as a table of row, field, problem."""
     file = csv_file(tmp_path, GOOD_ROWS + BAD_ROWS)
 
-    code, out, _ = await run_import(hub_config, file, "--on-error", "skip-bad-rows")
+    # The suite's one real `python -m ordersync import` process (its table on a real stdout).
+    code, out, _ = await run_import(hub_config, file, "--on-error", "skip-bad-rows", process=True)
 
     assert code == 0
     assert "rows refused" in out

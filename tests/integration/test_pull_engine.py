@@ -8,7 +8,6 @@ import contextlib
 import json
 import shutil
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -429,10 +428,12 @@ async def test_backfill_pulls_a_channel_from_a_given_time_on_the_command_line(
     for _ in range(5):
         woo.create()
         clock.tick(120)
+    channel = woo_channel(woo.base_url)
+    # Not the default 2 requests/s: the ~8 calls of a run would wait ~2 s on the token
+    # bucket, which test_the_token_bucket_spaces_requests_beyond_its_burst covers.
+    channel["pull"]["rate"] = 50
     config = tmp_path / "hub.yaml"
-    config.write_text(
-        json.dumps({"database_url": database_url, "channels": [woo_channel(woo.base_url)]})
-    )
+    config.write_text(json.dumps({"database_url": database_url, "channels": [channel]}))
 
     async def backfill(*args: str, process: bool = False) -> dict[str, Any]:
         run = run_process if process else run_cli_streams
@@ -440,7 +441,8 @@ async def test_backfill_pulls_a_channel_from_a_given_time_on_the_command_line(
             "backfill", "--channel", "woo-teehaus", *args, "--config", str(config), "--json"
         )
         assert code == 0, err.decode()
-        (row,) = json.loads(out)
+        rows: list[dict[str, Any]] = json.loads(out)
+        (row,) = rows
         return row
 
     since = (an_hour_ago - timedelta(minutes=5)).isoformat()

@@ -4,7 +4,6 @@ orders stop for a person until their cause clears."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path

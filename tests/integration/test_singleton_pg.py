@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 
-from ordersync.adapters.db import migrate
 from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.relay import SqlRelayStore
 from ordersync.bootstrap import Hub, Role, build_hub
@@ -19,7 +18,8 @@ from ordersync.testing import wait_until
 
 pytestmark = [
     pytest.mark.postgres,
-    pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
+    # A migrated copy of the session's template: these tests are about leases, not migrations.
+    pytest.mark.parametrize("migrated_database_url", ["postgresql"], indirect=True),
 ]
 
 TTL = 0.6  # seconds; the runners try the lease every 0.2 s
@@ -27,9 +27,8 @@ T0 = 1_900_000_000_000_000  # a fixed "now" in microseconds
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await migrate.upgrade(database)
+async def db(migrated_database_url: str) -> AsyncIterator[Database]:
+    database = Database(migrated_database_url)
     yield database
     await database.dispose()
 
@@ -167,10 +166,10 @@ def worker_settings(database_url: str) -> Settings:
 
 
 async def test_two_worker_hubs_pull_in_one_and_hand_over_on_stop(
-    db: Database, database_url: str
+    db: Database, migrated_database_url: str
 ) -> None:
     """Worker hubs run the pull loops under the "pull" lease: one pulls; a stop hands over."""
-    hubs = [build_hub(worker_settings(database_url), Role.WORKER) for _ in range(2)]
+    hubs = [build_hub(worker_settings(migrated_database_url), Role.WORKER) for _ in range(2)]
     for hub in hubs:
         await hub.start(run_migrations=False, dispatch=False)
     stopped: list[Hub] = []
