@@ -348,4 +348,9 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if os.environ.get("ORDERSYNC_BENCH_LOOP") == "asyncio":
+        asyncio.run(main())
+    else:  # the hub's own loop: `ordersync serve` and `worker` run on uvloop (cli.py)
+        import uvloop
+
+        uvloop.run(main())

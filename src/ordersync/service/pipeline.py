@@ -64,6 +64,7 @@ class _Lane:
     broken: bool = False  # a batch in flight failed: later carried batches are void
     plain: int = 0  # batches to run from locked rows before carrying again (after a void one)
     inflight: deque[asyncio.Task[bool]] = field(default_factory=deque)
+    committed_event: asyncio.Event | None = None  # set when the last batch's COMMIT returned
 
     def reap(self) -> None:
         while self.inflight and self.inflight[0].done():
@@ -73,7 +74,7 @@ class _Lane:
         if self.inflight:
             await asyncio.wait(list(self.inflight))
         self.inflight.clear()
-        self.carry, self.broken = None, False
+        self.carry, self.broken, self.committed_event = None, False, None
 
 
 class PipelinedBus(MessageBus):
@@ -99,7 +100,15 @@ class PipelinedBus(MessageBus):
         try:
             while True:
                 batch = [await queue.get()]
-                while len(batch) < self._max_batch and not queue.empty():
+                lane.reap()
+                # With nothing in flight, take half of what waits: the other half becomes
+                # the next batch, decided while this one commits. Otherwise a closed group
+                # of callers (each asks again once answered) moves as one batch forever,
+                # and nothing overlaps. With a batch in flight, take everything.
+                limit = self._max_batch
+                if not lane.inflight:
+                    limit = min(limit, (queue.qsize() + 2) // 2)
+                while len(batch) < limit and not queue.empty():
                     batch.append(queue.get_nowait())
                 try:
                     await self._pipelined(batch, lane, queue)
@@ -155,12 +164,16 @@ class PipelinedBus(MessageBus):
                     queue.task_done()
             return
         before = lane.inflight[-1] if lane.inflight else None
+        committed = asyncio.Event()
         lane.inflight.append(
             asyncio.create_task(
-                self._finish(uow, batch, outcomes, before, lane, seq, queue),
+                self._finish(
+                    uow, batch, outcomes, before, lane.committed_event, committed, lane, seq, queue
+                ),
                 name=f"bus-commit-{seq}",
             )
         )
+        lane.committed_event = committed
 
     async def _finish(
         self,
@@ -168,6 +181,8 @@ class PipelinedBus(MessageBus):
         batch: list[_Item],
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
         before: asyncio.Task[bool] | None,
+        before_committed: asyncio.Event | None,
+        committed: asyncio.Event,
         lane: _Lane,
         seq: int,
         queue: asyncio.Queue[_Item],
@@ -180,11 +195,21 @@ class PipelinedBus(MessageBus):
         try:
             failure: BaseException | None = None
             try:
+                # Written only once the previous batch's COMMIT returned: the guarded UPDATE
+                # reads the row in the statement's snapshot, and a row still showing the
+                # state before that batch fails the guard (a needless redo). The decision,
+                # the Python half of the work, is what overlaps the previous commit.
+                if before_committed is not None and before is not None:
+                    waiter = asyncio.ensure_future(before_committed.wait())
+                    await asyncio.wait({waiter, before}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
                 await uow.commit()
             except Exception as e:
                 failure = e
                 lane.broken = True  # batches built on this one are void: none reuse it
                 await uow.rollback()
+            finally:
+                committed.set()
             if before is not None:  # answers and redos go out in batch order
                 await asyncio.wait({before})
                 if failure is None and not before.result():
