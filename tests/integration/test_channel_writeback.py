@@ -200,11 +200,29 @@ async def channel_order(w: World, channel_id: str | None = None) -> tuple[str, s
     return (await create(w.api, body))["id"], external_id
 
 
-async def book(w: World, order_id: str) -> dict[str, Any]:
-    response = await w.api.post(f"/v1/orders/{order_id}/shipments", json={"carrier_id": CARRIER_ID})
+async def book(w: World, order_id: str, **body: Any) -> dict[str, Any]:
+    """Book a shipment of the order with the carrier (`body`: a parcel's lines, or the
+    shipment it replaces); the booking."""
+    response = await w.api.post(
+        f"/v1/orders/{order_id}/shipments", json={"carrier_id": CARRIER_ID, **body}
+    )
     assert response.status_code == 201, response.text
     booked: dict[str, Any] = response.json()
     return booked
+
+
+async def ship_an_order(w: World, settle: Settle) -> tuple[str, str, dict[str, Any]]:
+    """An order of the channel booked with the carrier, its deliveries settled: (hub id,
+    platform id, the booking)."""
+    order_id, external_id = await channel_order(w)
+    booked = await book(w, order_id)
+    await settle(w.api)
+    return order_id, external_id, booked
+
+
+def written_back(w: World, external_id: str, booked: dict[str, Any]) -> list[WriteBack]:
+    """What the platform records when the booking is written back once."""
+    return [WriteBack(external_id, COMPANY[w.platform.kind], booked["tracking_number"])]
 
 
 async def writeback_deliveries(w: World, order_id: str | None = None) -> list[dict[str, Any]]:
@@ -223,14 +241,10 @@ async def test_booking_a_shipment_writes_carrier_and_tracking_back_to_the_channe
 ) -> None:
     """The platform records its own order id, its code for SF Express and the number."""
     w = await start_world(kind)
-    order_id, external_id = await channel_order(w)
 
-    booked = await book(w, order_id)
-    await settle(w.api)
+    order_id, external_id, booked = await ship_an_order(w, settle)
 
-    assert w.platform.desk.received == [
-        WriteBack(external_id, COMPANY[kind], booked["tracking_number"])
-    ]
+    assert w.platform.desk.received == written_back(w, external_id, booked)
     [delivery] = await writeback_deliveries(w, order_id)
     assert (delivery["event_type"], delivery["state"], delivery["attempts"]) == (
         "shipment.created",
@@ -261,14 +275,10 @@ async def test_a_write_back_the_platform_fails_is_retried_until_it_succeeds(
     WooCommerce the note made before the failing status update is not added again)."""
     w = await start_world(kind)
     w.platform.desk.fail_next = 2
-    order_id, external_id = await channel_order(w)
 
-    booked = await book(w, order_id)
-    await settle(w.api)
+    order_id, external_id, booked = await ship_an_order(w, settle)
 
-    assert w.platform.desk.received == [
-        WriteBack(external_id, COMPANY[kind], booked["tracking_number"])
-    ]
+    assert w.platform.desk.received == written_back(w, external_id, booked)
     [delivery] = await writeback_deliveries(w, order_id)
     assert (delivery["state"], delivery["attempts"]) == ("succeeded", 3)
     if isinstance(w.platform.sim, WooStore):
@@ -285,10 +295,8 @@ async def test_a_write_back_the_platform_refuses_is_dead_lettered_then_replayed(
     cause is fixed, an operator's replay writes it back."""
     w = await start_world(kind)
     w.platform.desk.refuse = True
-    order_id, external_id = await channel_order(w)
 
-    booked = await book(w, order_id)
-    await settle(w.api)
+    order_id, external_id, booked = await ship_an_order(w, settle)
     [dead] = await writeback_deliveries(w, order_id)
     w.platform.desk.refuse = False
     replay = await w.api.post(f"/v1/deliveries/{dead['id']}/replay")
@@ -301,9 +309,7 @@ async def test_a_write_back_the_platform_refuses_is_dead_lettered_then_replayed(
     )
     assert replay.status_code == 202
     assert replayed["state"] == "succeeded"
-    assert w.platform.desk.received == [
-        WriteBack(external_id, COMPANY[kind], booked["tracking_number"])
-    ]
+    assert w.platform.desk.received == written_back(w, external_id, booked)
 
 
 # ---- the hard cases: a lost answer, a waybill from elsewhere ----------------------------
@@ -317,14 +323,10 @@ async def test_a_write_back_whose_answer_was_lost_succeeds_on_retry(
     already shipped, finds our waybill recorded there, and counts as done (once)."""
     w = await start_world(kind)
     w.platform.desk.lose_next = 1
-    order_id, external_id = await channel_order(w)
 
-    booked = await book(w, order_id)
-    await settle(w.api)
+    order_id, external_id, booked = await ship_an_order(w, settle)
 
-    assert w.platform.desk.received == [
-        WriteBack(external_id, COMPANY[kind], booked["tracking_number"])
-    ]
+    assert w.platform.desk.received == written_back(w, external_id, booked)
     [delivery] = await writeback_deliveries(w, order_id)
     assert (delivery["state"], delivery["attempts"]) == ("succeeded", 2)
 
@@ -362,15 +364,6 @@ def ship_elsewhere(p: Platform, external_id: str, waybill: str) -> None:
 #
 # Booked through the API: a parcel names its lines (the platform's line ids), the last one
 # takes what is left and completes the order; a re-booking names the shipment it replaces.
-
-
-async def book_parcel(w: World, order_id: str, **body: Any) -> dict[str, Any]:
-    response = await w.api.post(
-        f"/v1/orders/{order_id}/shipments", json={"carrier_id": CARRIER_ID, **body}
-    )
-    assert response.status_code == 201, response.text
-    booked: dict[str, Any] = response.json()
-    return booked
 
 
 async def two_line_hub_order(w: World, external_id: str, lines: list[tuple[str, int, str]]) -> str:
@@ -441,8 +434,8 @@ async def test_each_parcel_of_a_split_order_is_written_back_with_its_lines(
     order_id = await two_line_hub_order(w, external_id, lines)
     line_id, qty, _ = lines[0]
 
-    first = await book_parcel(w, order_id, lines=[{"external_id": line_id, "quantity": qty}])
-    last = await book_parcel(w, order_id)  # the rest: the second line, completing the order
+    first = await book(w, order_id, lines=[{"external_id": line_id, "quantity": qty}])
+    last = await book(w, order_id)  # the rest: the second line, completing the order
     await settle(w.api)
 
     assert (first["completes_order"], last["completes_order"]) == (False, True)
@@ -492,11 +485,9 @@ async def test_a_re_booking_updates_the_tracking_number_on_the_platform(
     fulfillment's tracking, TOP resends the consignment, Douyin edits the logistics,
     WooCommerce gets a new note; nothing is shipped twice."""
     w = await start_world(kind)
-    order_id, external_id = await channel_order(w)
-    first = await book(w, order_id)
-    await settle(w.api)
+    order_id, external_id, first = await ship_an_order(w, settle)
 
-    again = await book_parcel(w, order_id, replaces=first["id"])
+    again = await book(w, order_id, replaces=first["id"])
     await settle(w.api)
 
     company = COMPANY[kind]
@@ -532,11 +523,9 @@ async def test_a_re_booking_on_jd_is_dead_lettered_for_an_operator(
     """JOS has no call to change a shipped order's waybill: said plainly, naming both
     waybills, not retried."""
     w = await start_world("jd")
-    order_id, external_id = await channel_order(w)
-    first = await book(w, order_id)
-    await settle(w.api)
+    order_id, external_id, first = await ship_an_order(w, settle)
 
-    again = await book_parcel(w, order_id, replaces=first["id"])
+    again = await book(w, order_id, replaces=first["id"])
     await settle(w.api)
 
     states = [(d["state"], d["attempts"]) for d in await writeback_deliveries(w, order_id)]

@@ -6,7 +6,6 @@ moved by hand."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,13 +14,13 @@ from ordersync.config import CallbackRetryConfig, TrackingConfig
 
 from . import test_tracking_async
 from .conftest import Query
-from .test_shipments_api import World, assert_acked, book, new_order, push
-from .test_tracking_async import K100, Start, execute, hold, journey, svc
+from .test_shipments_api import World
+from .test_tracking_async import Start, svc
+from .tracking_rig import a_broken_callback, outcomes_at, store_update_doc, the_parked
 
 sim = test_tracking_async.sim  # the fixtures: the carrier simulator, and hubs on it
 start = test_tracking_async.start
 
-SECOND = timedelta(seconds=1)
 GAUGE = "ordersync_carrier_callbacks_parked"
 # Two attempts a minute apart, then parked (the defaults would be 10, from 5 s).
 TWO_TRIES = TrackingConfig(
@@ -39,47 +38,14 @@ async def scraped(w: World) -> float:
     return float(sample.value)
 
 
-async def outcomes(query: Query, w: World, number: str) -> list[tuple[str, int]]:
-    rows = await query(
-        w.hub,
-        "SELECT outcome, attempts FROM carrier_inbox WHERE tracking_number = :n ORDER BY seq",
-        n=number,
-    )
-    return [(str(o), int(a)) for o, a in rows]
-
-
-async def a_broken_callback(w: World, query: Query) -> tuple[str, str]:
-    """A pushed callback whose stored update cannot be read: (tracking number, good doc)."""
-    await hold(w)
-    order_id = await new_order(w)
-    number = (await book(w, order_id, K100))["tracking_number"]
-    journey(w, number, upto=2)
-    assert_acked("kuaidi100", await push(w, "kuaidi100", number), w.sim)
-    [(doc,)] = await query(
-        w.hub, "SELECT update_doc FROM carrier_inbox WHERE tracking_number = :n", n=number
-    )
-    await execute(
-        w.hub,
-        "UPDATE carrier_inbox SET update_doc = :d WHERE tracking_number = :n",
-        d='{"written_by": "a later version"}',
-        n=number,
-    )
-    return number, str(doc)
-
-
 async def test_the_configured_callback_retry_decides_when_a_callback_is_parked(
     start: Start, query: Query
 ) -> None:
     """`tracking.callback_retry` of 2 attempts 60 s apart: retried at 60 s (not at 59 s),
     then parked, where the built-in policy would still be retrying."""
     w = await start(tracking=TWO_TRIES)
-    number, _ = await a_broken_callback(w, query)
-    t0 = w.clock.now
-    seen = []
-    for seconds in (0, 59, 60, 6000):
-        w.clock.now = t0 + seconds * SECOND
-        await svc(w).process_received()
-        seen.append((seconds, (await outcomes(query, w, number))[0]))
+    _, number, _ = await a_broken_callback(w, query)
+    seen = await outcomes_at(w, query, number, 0, 59, 60, 6000)
 
     assert seen == [
         (0, ("received", 1)),
@@ -108,23 +74,14 @@ async def test_the_parked_gauge_counts_parked_callbacks_until_they_are_replayed(
 ) -> None:
     """Parked: the gauge reads 1 on the next refresh; mended and replayed: back to 0."""
     w = await start(tracking=TWO_TRIES)
-    number, good = await a_broken_callback(w, query)
+    _, number, good = await a_broken_callback(w, query)
     await svc(w).refresh_open_alerts()  # what the hub's gauge loop runs every 5 s
     none_yet = await scraped(w)
-    t0 = w.clock.now
-    for seconds in (0, 60):
-        w.clock.now = t0 + seconds * SECOND
-        await svc(w).process_received()
+    await outcomes_at(w, query, number, 0, 60)  # parked at the second attempt
     await svc(w).refresh_open_alerts()
     while_parked = await scraped(w)
-    [parked] = (await w.api.get("/v1/carrier-callbacks/parked")).json()["data"]
-    await execute(
-        w.hub,
-        "UPDATE carrier_inbox SET update_doc = :d WHERE tracking_number = :n",
-        d=good,
-        n=number,
-    )
-    replay = f"/v1/carrier-callbacks/{parked['carrier_id']}/{parked['callback_id']}/replay"
+    _, replay = await the_parked(w)
+    await store_update_doc(w, number, good)
     replayed = await w.api.post(replay)
     await svc(w).refresh_open_alerts()
 

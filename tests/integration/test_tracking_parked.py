@@ -5,7 +5,6 @@ cannot read (its stored doc broken by hand); the clock is moved by hand."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from ordersync.domain.shipments import CallbackRetry
@@ -13,60 +12,24 @@ from ordersync.domain.shipments import CallbackRetry
 from . import test_tracking_async
 from .conftest import Query
 from .test_orders_api import problem_of
-from .test_shipments_api import assert_acked, book, event_types, new_order, push, shipments_of
-from .test_tracking_async import (
-    K100,
-    Start,
-    execute,
-    hold,
-    inbox,
-    journey,
-    raised_total,
-    svc,
-)
+from .test_shipments_api import event_types, shipments_of
+from .test_tracking_async import K100, Start, inbox, raised_total, svc
+from .tracking_rig import SECOND, a_broken_callback, outcomes_at, store_update_doc, the_parked
+from .tracking_rig import inbox_attempts as attempts
 
 sim = test_tracking_async.sim  # the fixtures: the carrier simulator, and hubs on it
 start = test_tracking_async.start
 
-SECOND = timedelta(seconds=1)
 PARKED_RULE = "shipment.callback_parked"
 
 
-async def attempts(query: Query, w: Any, number: str) -> list[tuple[str, int]]:
-    rows = await query(
-        w.hub,
-        "SELECT outcome, attempts FROM carrier_inbox WHERE tracking_number = :n ORDER BY seq",
-        n=number,
-    )
-    return [(str(o), int(a)) for o, a in rows]
+# Three attempts, 10 s then 20 s apart (the defaults would be 10, from 5 s).
+THREE_TRIES = CallbackRetry(max_attempts=3, base=10 * SECOND, cap=SECOND * 25)
 
 
-async def a_broken_callback(w: Any, query: Query) -> tuple[str, str, str]:
-    """A pushed callback whose stored update cannot be read: (order, number, good doc)."""
-    await hold(w)
-    svc(w).callback_retry = CallbackRetry(max_attempts=3, base=10 * SECOND, cap=SECOND * 25)
-    order_id = await new_order(w)
-    number = (await book(w, order_id, K100))["tracking_number"]
-    journey(w, number, upto=2)
-    assert_acked("kuaidi100", await push(w, "kuaidi100", number), w.sim)
-    [(doc,)] = await query(
-        w.hub, "SELECT update_doc FROM carrier_inbox WHERE tracking_number = :n", n=number
-    )
-    await execute(
-        w.hub,
-        "UPDATE carrier_inbox SET update_doc = :d WHERE tracking_number = :n",
-        d='{"written_by": "a later version"}',
-        n=number,
-    )
-    return order_id, number, str(doc)
-
-
-async def park(w: Any) -> None:
+async def park(w: Any, query: Query, number: str) -> None:
     """Three failed attempts, each at its retry time."""
-    t0 = w.clock.now
-    for seconds in (0, 10, 30):
-        w.clock.now = t0 + seconds * SECOND
-        await svc(w).process_received()
+    await outcomes_at(w, query, number, 0, 10, 30)
 
 
 async def test_a_failing_callback_is_retried_with_backoff_then_parked_with_one_alert(
@@ -75,13 +38,8 @@ async def test_a_failing_callback_is_retried_with_backoff_then_parked_with_one_a
     """Three attempts at 0 s, 10 s and 30 s (never in between), then parked: no more
     attempts, listed with its error, one `shipment.callback_parked` alert and metric."""
     w = await start()
-    order_id, number, _ = await a_broken_callback(w, query)
-    seen = []
-    t0 = w.clock.now
-    for seconds in (0, 1, 9, 10, 11, 29, 30, 31, 600, 6000):
-        w.clock.now = t0 + seconds * SECOND
-        await svc(w).process_received()
-        seen.append((seconds, (await attempts(query, w, number))[0]))
+    order_id, number, _ = await a_broken_callback(w, query, THREE_TRIES)
+    seen = await outcomes_at(w, query, number, 0, 1, 9, 10, 11, 29, 30, 31, 600, 6000)
 
     assert seen == [
         (0, ("received", 1)),
@@ -112,16 +70,10 @@ async def test_a_replayed_parked_callback_applies_once(start: Start, query: Quer
     """Parked, then mended and replayed: applied once; a second replay is a 409 and
     changes nothing, nor does a later sweep."""
     w = await start()
-    order_id, number, good = await a_broken_callback(w, query)
-    await park(w)
-    [parked] = (await w.api.get("/v1/carrier-callbacks/parked")).json()["data"]
-    await execute(
-        w.hub,
-        "UPDATE carrier_inbox SET update_doc = :d WHERE tracking_number = :n",
-        d=good,
-        n=number,
-    )
-    url = f"/v1/carrier-callbacks/{parked['carrier_id']}/{parked['callback_id']}/replay"
+    order_id, number, good = await a_broken_callback(w, query, THREE_TRIES)
+    await park(w, query, number)
+    _, url = await the_parked(w)
+    await store_update_doc(w, number, good)
 
     first = await w.api.post(url)
     again = await w.api.post(url)
@@ -143,10 +95,9 @@ async def test_bad_replay_requests_get_problems_and_change_nothing(
     """Unknown callback 404, unknown carrier 404, no key 401, read-only key 403: the
     parked callback stays parked."""
     w = await start()
-    _, number, _ = await a_broken_callback(w, query)
-    await park(w)
-    [parked] = (await w.api.get("/v1/carrier-callbacks/parked")).json()["data"]
-    own = f"/v1/carrier-callbacks/{parked['carrier_id']}/{parked['callback_id']}/replay"
+    _, number, _ = await a_broken_callback(w, query, THREE_TRIES)
+    await park(w, query, number)
+    parked, own = await the_parked(w)
 
     unknown = await w.api.post(f"/v1/carrier-callbacks/{K100}/cb-missing/replay")
     no_carrier = await w.api.post(f"/v1/carrier-callbacks/nowhere/{parked['callback_id']}/replay")
@@ -164,14 +115,13 @@ async def test_a_replay_that_fails_again_is_retried_and_parked_anew(
     """Replayed unmended: `failed`, back to `received` with one attempt counted, and parked
     again after the full number of attempts (a second alert is not raised)."""
     w = await start()
-    order_id, number, _ = await a_broken_callback(w, query)
-    await park(w)
-    [parked] = (await w.api.get("/v1/carrier-callbacks/parked")).json()["data"]
-    url = f"/v1/carrier-callbacks/{parked['carrier_id']}/{parked['callback_id']}/replay"
+    order_id, number, _ = await a_broken_callback(w, query, THREE_TRIES)
+    await park(w, query, number)
+    _, url = await the_parked(w)
 
     replayed = await w.api.post(url)
     after_replay = await attempts(query, w, number)
-    await park(w)
+    await park(w, query, number)
 
     assert (replayed.status_code, replayed.json()["outcome"]) == (200, "failed")
     assert after_replay == [("received", 1)]

@@ -4,7 +4,9 @@ a permanent refusal."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -797,6 +799,14 @@ def _run(talk: wb.Conversation, *answers: HttpResponse) -> list[wb.WritebackRequ
     raise AssertionError(f"the conversation goes on after {len(answers)} answers")
 
 
+def _refusal(talk: wb.Conversation, *answers: HttpResponse) -> wb.WritebackFailed:
+    """Drive a conversation with these answers; the failure the last one makes it raise."""
+    next(talk)
+    for given in answers[:-1]:
+        talk.send(given)
+    return failure(talk.send, answers[-1])
+
+
 def test_a_taobao_retry_after_a_lost_answer_finds_our_waybill_and_stops() -> None:
     top = channel("taobao")
     talk = wb.taobao_conversation(top, SHIPPED, NOW)
@@ -831,10 +841,8 @@ def test_a_taobao_re_booking_resends_the_consignment_with_the_new_waybill() -> N
 
 def test_a_taobao_order_consigned_with_another_waybill_is_refused_permanently() -> None:
     talk = wb.taobao_conversation(channel("taobao"), SHIPPED, NOW)
-    next(talk)
-    talk.send(TOP_CONSIGNED)
 
-    refused = failure(talk.send, top_shippings("ZT7300000001"))
+    refused = _refusal(talk, TOP_CONSIGNED, top_shippings("ZT7300000001"))
 
     assert refused.retryable is False
     assert "ZT7300000001" in refused.detail
@@ -842,10 +850,9 @@ def test_a_taobao_order_consigned_with_another_waybill_is_refused_permanently() 
 
 def test_a_busy_taobao_is_retried_without_asking_what_shipped() -> None:
     talk = wb.taobao_conversation(channel("taobao"), SHIPPED, NOW)
-    next(talk)
     busy = {"error_response": {"code": 7, "msg": "App Call Limited", "sub_code": "x.limited-by-y"}}
 
-    refused = failure(talk.send, answer(200, busy))
+    refused = _refusal(talk, answer(200, busy))
 
     assert refused.retryable is True
 
@@ -896,10 +903,8 @@ def test_a_jd_retry_after_a_lost_answer_reads_the_order_s_waybill() -> None:
 
 def test_a_jd_re_booking_is_refused_for_an_operator() -> None:
     talk = wb.jd_conversation(channel("jd"), REBOOKED, NOW)
-    next(talk)
-    talk.send(JOS_SHIPPED)
 
-    refused = failure(talk.send, jos_order("SF1"))
+    refused = _refusal(talk, JOS_SHIPPED, jos_order("SF1"))
 
     assert refused.retryable is False
     assert "cannot change a shipped order's waybill" in refused.detail
@@ -1087,3 +1092,27 @@ def test_a_woocommerce_note_for_a_longer_number_does_not_count_as_ours() -> None
 
     assert wb.read_woo_notes(answer(200, notes), shipped) is False
     assert wb.read_woo_notes(answer(200, [{"note": wb.woo_note_text(shipped)}]), shipped) is True
+
+
+# ---- the modules ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", ["writeback", "writeback_cn"])
+def test_either_write_back_module_can_be_imported_first(
+    first: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`writeback` and `writeback_cn` (the China platforms) import each other at their ends:
+    in a fresh interpreter either may come first, and `writeback` names the same functions."""
+    package = importlib.import_module("ordersync.adapters.channels")
+    for name in ("writeback", "writeback_cn"):  # put back as they were after the test
+        monkeypatch.delitem(sys.modules, f"ordersync.adapters.channels.{name}")
+        monkeypatch.delattr(package, name, raising=False)
+
+    importlib.import_module(f"ordersync.adapters.channels.{first}")
+    core = sys.modules["ordersync.adapters.channels.writeback"]
+    cn = sys.modules["ordersync.adapters.channels.writeback_cn"]
+
+    assert core is not wb
+    assert core.conversation_for("douyin") is cn.douyin_conversation
+    assert core.taobao_offline_send is cn.taobao_offline_send
+    assert cn.WritebackFailed is core.WritebackFailed

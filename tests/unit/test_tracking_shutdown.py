@@ -5,7 +5,9 @@ cancellation and run on (the hang of `hub.stop()` seen once in CI on PostgreSQL)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 
 from ordersync.adapters.carriers.base import CarrierRequest, CarrierResponse
 from ordersync.adapters.carriers.kuaidi100 import Kuaidi100Connector
@@ -66,6 +68,36 @@ def service(store: SlowToCancelStore) -> ShipmentService:
     return ShipmentService({}, store, EventRouter([]), never_called)  # type: ignore[arg-type]
 
 
+async def sweeping(store: SlowToCancelStore) -> ShipmentService:
+    """A service whose sweep has started and is stuck in its first read of `store`."""
+    svc = service(store)
+    svc.start(sweep=True)
+    await asyncio.wait_for(store.querying.wait(), 5)  # a hang guard
+    return svc
+
+
+async def polling(store: SlowToCancelStore) -> TrackingPoller:
+    """A tracking poller whose first round is stuck asking `store` what is due."""
+    policy = PollPolicy(timedelta(minutes=30), 10, 1.0, 1, timedelta(days=30))
+    poller = TrackingPoller(service(store), store, {"k100": policy})  # type: ignore[arg-type]
+    poller.service.carriers = {"k100": _PollingCarrier()}  # type: ignore[dict-item]
+    poller.start()
+    await asyncio.wait_for(store.querying.wait(), 5)  # a hang guard
+    return poller
+
+
+async def cancelled_while_rolling_back(
+    store: SlowToCancelStore, stop: Coroutine[Any, Any, None]
+) -> asyncio.Task[None]:
+    """Run `stop`, cancel it while the stuck read rolls back, then let the rollback end."""
+    stopping = asyncio.create_task(stop)
+    await asyncio.wait_for(store.rolling_back.wait(), 5)
+    stopping.cancel()
+    store.rolled_back.set()
+    await asyncio.wait({stopping})
+    return stopping
+
+
 async def ended(task: asyncio.Task[None]) -> bool:
     """A hang guard, not a timing: a stop that works ends at once, a broken one never."""
     await asyncio.wait({task}, timeout=5)
@@ -103,14 +135,8 @@ async def test_a_cancelled_stop_of_the_sweep_is_cancelled_not_swallowed() -> Non
     """`stop_sweep` cancelled while the sweep winds down raises CancelledError to its caller;
     a second `stop_sweep` finishes the job."""
     store = SlowToCancelStore()
-    svc = service(store)
-    svc.start(sweep=True)
-    await asyncio.wait_for(store.querying.wait(), 5)  # a hang guard
-    stopping = asyncio.create_task(svc.stop_sweep())
-    await asyncio.wait_for(store.rolling_back.wait(), 5)
-    stopping.cancel()
-    store.rolled_back.set()
-    await asyncio.wait({stopping})
+    svc = await sweeping(store)
+    stopping = await cancelled_while_rolling_back(store, svc.stop_sweep())
 
     assert stopping.cancelled()
     await svc.stop_sweep()
@@ -121,16 +147,8 @@ async def test_a_cancelled_stop_of_the_sweep_is_cancelled_not_swallowed() -> Non
 async def test_a_cancelled_stop_of_the_tracking_poller_is_cancelled_not_swallowed() -> None:
     """The poller's `stop` cancelled while its round winds down raises CancelledError too."""
     store = SlowToCancelStore()
-    policy = PollPolicy(timedelta(minutes=30), 10, 1.0, 1, timedelta(days=30))
-    poller = TrackingPoller(service(store), store, {"k100": policy})  # type: ignore[arg-type]
-    poller.service.carriers = {"k100": _PollingCarrier()}  # type: ignore[dict-item]
-    poller.start()
-    await asyncio.wait_for(store.querying.wait(), 5)  # a hang guard
-    stopping = asyncio.create_task(poller.stop())
-    await asyncio.wait_for(store.rolling_back.wait(), 5)
-    stopping.cancel()
-    store.rolled_back.set()
-    await asyncio.wait({stopping})
+    poller = await polling(store)
+    stopping = await cancelled_while_rolling_back(store, poller.stop())
 
     assert stopping.cancelled()
     await poller.stop()
@@ -168,9 +186,7 @@ class FailingRollbackStore(SlowToCancelStore):
 async def test_the_sweep_stops_even_when_a_cancelled_query_fails_to_clean_up() -> None:
     """The sweep survives database errors, but not its own stop disguised as one."""
     store = FailingRollbackStore()
-    svc = service(store)
-    svc.start(sweep=True)
-    await asyncio.wait_for(store.querying.wait(), 5)  # a hang guard
+    svc = await sweeping(store)
     stopping = asyncio.create_task(svc.stop_sweep())
 
     assert await ended(stopping), "stop_sweep() never returned: the sweep ran on"
@@ -181,11 +197,7 @@ async def test_the_sweep_stops_even_when_a_cancelled_query_fails_to_clean_up() -
 async def test_the_poller_stops_even_when_a_cancelled_query_fails_to_clean_up() -> None:
     """Likewise the tracking poller, whose rounds survive database errors."""
     store = FailingRollbackStore()
-    policy = PollPolicy(timedelta(minutes=30), 10, 1.0, 1, timedelta(days=30))
-    poller = TrackingPoller(service(store), store, {"k100": policy})  # type: ignore[arg-type]
-    poller.service.carriers = {"k100": _PollingCarrier()}  # type: ignore[dict-item]
-    poller.start()
-    await asyncio.wait_for(store.querying.wait(), 5)  # a hang guard
+    poller = await polling(store)
     stopping = asyncio.create_task(poller.stop())
 
     assert await ended(stopping), "poller.stop() never returned: the poller ran on"

@@ -280,11 +280,12 @@ class DouyinShop(LoopbackServer):
             return web.Response(status=500, text="Internal Server Error")
         return params
 
-    async def _logistics_add(self, request: web.Request) -> web.Response:
-        """Ship an order: the signed common parameters in the query, `param_json` (order_id,
-        company_code, logistics_code) as the JSON body. An order shipped (or partly shipped)
-        before is refused."""
-        params = await self._signed(request, LOGISTICS_ADD_METHOD)
+    async def _waybill_call(
+        self, request: web.Request, method: str
+    ) -> tuple[str, str, str] | web.Response:
+        """A signed call naming an order's waybill: its `order_id`, `company_code` and
+        `logistics_code`, or the answer refusing it."""
+        params = await self._signed(request, method)
         if isinstance(params, web.Response):
             return params
         try:
@@ -293,6 +294,16 @@ class DouyinShop(LoopbackServer):
             company, number = str(business["company_code"]), str(business["logistics_code"])
         except (KeyError, ValueError, TypeError):
             return _error(40004, "参数错误", "isv.parameter-invalid")
+        return order_id, company, number
+
+    async def _logistics_add(self, request: web.Request) -> web.Response:
+        """Ship an order: the signed common parameters in the query, `param_json` (order_id,
+        company_code, logistics_code) as the JSON body. An order shipped (or partly shipped)
+        before is refused."""
+        called = await self._waybill_call(request, LOGISTICS_ADD_METHOD)
+        if isinstance(called, web.Response):
+            return called
+        order_id, company, number = called
         order = self.orders.get(order_id)
         if order is not None and not self.writebacks.refuse and order.get("logistics_info"):
             return _already_shipped()
@@ -348,15 +359,10 @@ class DouyinShop(LoopbackServer):
         """Change a shipped order's carrier and tracking number (`order_id`, `company_code`,
         `logistics_code`). An order shipped in several parcels is refused: those are
         changed per parcel (`order.logisticsEditByPack`)."""
-        params = await self._signed(request, LOGISTICS_EDIT_METHOD)
-        if isinstance(params, web.Response):
-            return params
-        try:
-            business = json.loads(params["param_json"])
-            order_id = str(business["order_id"])
-            company, number = str(business["company_code"]), str(business["logistics_code"])
-        except (KeyError, ValueError, TypeError):
-            return _error(40004, "参数错误", "isv.parameter-invalid")
+        called = await self._waybill_call(request, LOGISTICS_EDIT_METHOD)
+        if isinstance(called, web.Response):
+            return called
+        order_id, company, number = called
         order = self.orders.get(order_id)
         parcels = [] if order is None else order.get("logistics_info", [])
         if order is None or not parcels or self.writebacks.refuse:

@@ -7,7 +7,9 @@ again can help. A write-back that takes several calls is a small conversation: a
 that yields requests and receives responses (`conversation_for(kind)`), so the sender does
 the HTTP and the platform rules stay here, tested with plain bytes.
 
-The calls (each platform's documented API):
+This module holds what every platform shares (the event, the request, the failure) and the
+web shops; the China platforms (Taobao TOP, JD JOS, Douyin) are in `writeback_cn`, whose
+names this module re-exports. The calls (each platform's documented API):
 
 * Shopify Admin REST: `GET /admin/api/{v}/orders/{id}/fulfillment_orders.json`, then
   `POST /admin/api/{v}/fulfillments.json` with `line_items_by_fulfillment_order` (the open
@@ -22,24 +24,6 @@ The calls (each platform's documented API):
   `{note, customer_note: true}` (a parcel's lines, a re-booking's replaced number), then
   `PUT .../orders/{id}` `{status: "completed"}` once the order has shipped in full; HTTP
   Basic with the consumer key and secret.
-* Taobao TOP: `taobao.logistics.offline.send` (`tid`, `out_sid`, `company_code`; a partial
-  parcel adds `is_split=1` and its sub-orders in `sub_tid`), signed like the pull calls, as
-  a form POST; `taobao.logistics.orders.get` (the waybills recorded for the trade) and
-  `taobao.logistics.consign.resend` (change a consigned parcel's waybill).
-* JD JOS: `jingdong.pop.order.shipment` (`orderId`, `logiCoprId`, `logiNo` in
-  `360buy_param_json`), signed, as a form POST; `jingdong.pop.order.get` (its `waybill`).
-  JOS ships whole orders once and has no call to change the waybill afterwards: a partial
-  parcel is written back only when it completes the order, and a re-booking is refused.
-* Douyin: `order.logisticsAdd` (`order_id`, `company_code`, `logistics_code`), or for a
-  partial parcel `order.logisticsAddSinglePack` (`shipped_order_info`: sku orders and
-  counts, `request_id`: our shipment id, which the platform dedupes): the signed common
-  parameters in the query, `param_json` as the JSON body; `order.orderDetail` (the parcels'
-  `tracking_no`) and `order.logisticsEdit` (change the tracking of a one-parcel order).
-
-"Already shipped": TOP, JOS and Douyin take no idempotency key on the whole-order call, so a
-retry after a lost answer is refused as shipped. The conversation then reads what the
-platform recorded (`settle_shipped`): our waybill, done; a waybill this shipment replaces,
-updated; any other, a permanent failure naming both (shipped outside the hub).
 
 The event: `shipment.created` data with `external_id`, `tracking_number`, `carrier_code`
 and `id`; optionally `lines` ([{external_id (the platform's line id), quantity, sku}], a
@@ -57,23 +41,19 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote
 
-from ordersync.adapters.channels import douyin, jd, taobao
 from ordersync.config import (
     ChannelConfig,
-    DouyinChannel,
-    JdChannel,
     ShopifyChannel,
-    TaobaoChannel,
     WooCommerceChannel,
 )
-from ordersync.service.pull import HttpResponse, PullError
+from ordersync.service.pull import HttpResponse
 
 SHIPMENT_CREATED = "shipment.created"
 SHOPIFY_FULFILLMENT_ORDERS_PATH = "/admin/api/{version}/orders/{id}/fulfillment_orders.json"
@@ -82,24 +62,8 @@ SHOPIFY_ORDER_FULFILLMENTS_PATH = "/admin/api/{version}/orders/{id}/fulfillments
 SHOPIFY_UPDATE_TRACKING_PATH = "/admin/api/{version}/fulfillments/{id}/update_tracking.json"
 SHOPIFY_FULFILLABLE = frozenset({"open", "in_progress"})
 WOO_ORDER_PATH = "/wp-json/wc/v3/orders/{id}"
-TAOBAO_METHOD = "taobao.logistics.offline.send"
-TAOBAO_RESPONSE_KEY = "logistics_offline_send_response"
-TAOBAO_RESEND_METHOD = "taobao.logistics.consign.resend"
-TAOBAO_RESEND_KEY = "logistics_consign_resend_response"
-TAOBAO_ORDERS_METHOD = "taobao.logistics.orders.get"
-TAOBAO_ORDERS_KEY = "logistics_orders_get_response"
-TAOBAO_ORDERS_FIELDS = "tid,out_sid,company_name,sub_tids,status"
-JD_METHOD = "jingdong.pop.order.shipment"
-JD_RESPONSE_KEY = "jingdong_pop_order_shipment_responce"  # JD's own spelling
-JD_GET_METHOD = "jingdong.pop.order.get"
-JD_GET_KEY = "jingdong_pop_order_get_responce"
-JD_GET_FIELDS = "orderId,orderState,logisticsId,waybill"
-DOUYIN_METHOD = "order.logisticsAdd"
-DOUYIN_PACK_METHOD = "order.logisticsAddSinglePack"
-DOUYIN_EDIT_METHOD = "order.logisticsEdit"
 
-_FORM = ("Content-Type", "application/x-www-form-urlencoded;charset=utf-8")
-_JSON = ("Content-Type", "application/json")
+JSON_CONTENT = ("Content-Type", "application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,35 +191,6 @@ def _replaced_of(raw: Any, ours: str) -> tuple[str, ...]:
     return tuple(str(n) for n in found if n and str(n) != ours)
 
 
-# ---- "already shipped": a lost answer, a re-booking, or somebody else's waybill -----------
-
-
-def already_shipped(detail: str) -> bool:
-    """Whether a platform's refusal says the order (or these lines) shipped before."""
-    words = detail.lower()
-    return any(
-        w in words for w in ("already shipped", "already consigned", "已发货", "已出库", "已经发货")
-    )
-
-
-def settle_shipped(platform: str, shipped: Shipped, recorded: Sequence[str]) -> str | None:
-    """The platform refused because the order is shipped already, and records `recorded`
-    waybills. Ours among them: an earlier attempt went through and only its answer was lost
-    (None: nothing more to do). One we replaced: that waybill, to be updated to ours. Any
-    other: a permanent failure naming both, for an operator."""
-    if shipped.tracking_number in recorded:
-        return None
-    for old in recorded:
-        if old in shipped.replaces:
-            return old
-    theirs = ", ".join(recorded) or "none it will show"
-    raise WritebackFailed(
-        f"{platform} order {shipped.order_external_id} is already shipped with waybill"
-        f" {theirs}, not ours ({shipped.tracking_number}): shipped outside the hub?",
-        retryable=False,
-    )
-
-
 # ---- shared -----------------------------------------------------------------------------
 
 
@@ -271,7 +206,7 @@ def check_http(platform: str, response: HttpResponse) -> None:
     )
 
 
-def _json_body(platform: str, response: HttpResponse) -> Any:
+def json_body(platform: str, response: HttpResponse) -> Any:
     try:
         return json.loads(response.body.decode("utf-8"), parse_float=Decimal)
     except (ValueError, RecursionError) as e:
@@ -279,10 +214,6 @@ def _json_body(platform: str, response: HttpResponse) -> Any:
         raise WritebackFailed(
             f"{platform} answered malformed JSON: {e}", retryable=True, status=response.status
         ) from None
-
-
-def _form_post(url: str, params: Mapping[str, str]) -> WritebackRequest:
-    return WritebackRequest("POST", url, (_FORM,), urlencode(params).encode("utf-8"))
 
 
 # ---- Shopify ----------------------------------------------------------------------------
@@ -303,14 +234,20 @@ def shopify_fulfillment_orders(channel: ShopifyChannel, shipped: Shipped) -> Wri
     return WritebackRequest("GET", channel.admin_base + path, _shopify_headers(channel))
 
 
-def _shopify_fulfillment_order_list(response: HttpResponse) -> list[dict[str, Any]]:
+def _shopify_list(response: HttpResponse, key: str) -> list[Any]:
+    """The list under `key` in a Shopify answer; none there: a gateway in trouble, retry."""
     check_http("Shopify", response)
-    data = _json_body("Shopify", response)
-    orders = data.get("fulfillment_orders") if isinstance(data, dict) else None
-    if not isinstance(orders, list):
+    data = json_body("Shopify", response)
+    found = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(found, list):
         raise WritebackFailed(
-            "Shopify answered without fulfillment_orders", retryable=True, status=response.status
+            f"Shopify answered without {key}", retryable=True, status=response.status
         )
+    return found
+
+
+def _shopify_fulfillment_order_list(response: HttpResponse) -> list[dict[str, Any]]:
+    orders = _shopify_list(response, "fulfillment_orders")
     if not orders:
         raise WritebackFailed(
             "the Shopify order has no fulfillment orders (nothing to ship)",
@@ -396,13 +333,13 @@ def shopify_fulfillment(
         }
     }
     url = channel.admin_base + SHOPIFY_FULFILLMENTS_PATH.format(version=channel.api_version)
-    headers = (*_shopify_headers(channel), _JSON)
+    headers = (*_shopify_headers(channel), JSON_CONTENT)
     return WritebackRequest("POST", url, headers, json.dumps(body).encode("utf-8"))
 
 
 def read_shopify_fulfillment(response: HttpResponse) -> None:
     check_http("Shopify", response)
-    data = _json_body("Shopify", response)
+    data = json_body("Shopify", response)
     if not isinstance(data, dict) or not isinstance(data.get("fulfillment"), dict):
         raise WritebackFailed(
             "Shopify answered without the fulfillment", retryable=True, status=response.status
@@ -418,15 +355,8 @@ def shopify_fulfillments(channel: ShopifyChannel, shipped: Shipped) -> Writeback
 
 def read_shopify_fulfillments(response: HttpResponse) -> list[tuple[int, tuple[str, ...]]]:
     """The order's fulfillments that are not cancelled: (id, tracking numbers)."""
-    check_http("Shopify", response)
-    data = _json_body("Shopify", response)
-    found = data.get("fulfillments") if isinstance(data, dict) else None
-    if not isinstance(found, list):
-        raise WritebackFailed(
-            "Shopify answered without fulfillments", retryable=True, status=response.status
-        )
     out = []
-    for f in found:
+    for f in _shopify_list(response, "fulfillments"):
         if not isinstance(f, dict) or f.get("status") in ("cancelled", "error", "failure"):
             continue
         numbers = [str(n) for n in f.get("tracking_numbers") or [] if n]
@@ -446,7 +376,7 @@ def shopify_update_tracking(
         }
     }
     path = SHOPIFY_UPDATE_TRACKING_PATH.format(version=channel.api_version, id=fulfillment_id)
-    headers = (*_shopify_headers(channel), _JSON)
+    headers = (*_shopify_headers(channel), JSON_CONTENT)
     return WritebackRequest(
         "POST", channel.admin_base + path, headers, json.dumps(body).encode("utf-8")
     )
@@ -516,7 +446,7 @@ def woo_notes(channel: WooCommerceChannel, shipped: Shipped) -> WritebackRequest
 def read_woo_notes(response: HttpResponse, shipped: Shipped) -> bool:
     """True if the order already carries a note naming this tracking number."""
     check_http("WooCommerce", response)
-    notes = _json_body("WooCommerce", response)
+    notes = json_body("WooCommerce", response)
     if not isinstance(notes, list):
         raise WritebackFailed(
             "WooCommerce answered notes that are not a list", retryable=True, status=response.status
@@ -530,7 +460,7 @@ def woo_note(channel: WooCommerceChannel, shipped: Shipped) -> WritebackRequest:
     return WritebackRequest(
         "POST",
         _woo_order_url(channel, shipped) + "/notes",
-        (*_woo_headers(channel), _JSON),
+        (*_woo_headers(channel), JSON_CONTENT),
         json.dumps(body).encode("utf-8"),
     )
 
@@ -539,7 +469,7 @@ def woo_complete(channel: WooCommerceChannel, shipped: Shipped) -> WritebackRequ
     return WritebackRequest(
         "PUT",
         _woo_order_url(channel, shipped),
-        (*_woo_headers(channel), _JSON),
+        (*_woo_headers(channel), JSON_CONTENT),
         json.dumps({"status": "completed"}).encode("utf-8"),
     )
 
@@ -547,7 +477,7 @@ def woo_complete(channel: WooCommerceChannel, shipped: Shipped) -> WritebackRequ
 def read_woo(response: HttpResponse) -> None:
     """The answer to a note or an order update: 2xx with a JSON object."""
     check_http("WooCommerce", response)
-    if not isinstance(_json_body("WooCommerce", response), dict):
+    if not isinstance(json_body("WooCommerce", response), dict):
         raise WritebackFailed(
             "WooCommerce answered JSON that is not an object",
             retryable=True,
@@ -565,333 +495,15 @@ def woocommerce_conversation(
         read_woo((yield woo_complete(channel, shipped)))
 
 
-# ---- Taobao TOP -------------------------------------------------------------------------
-
-
-def _top_call(
-    channel: TaobaoChannel, method: str, business: Mapping[str, str], now: datetime
-) -> WritebackRequest:
-    assert channel.session is not None  # config refuses a write-back without it
-    params = {
-        "method": method,
-        "app_key": channel.app_key,
-        "session": channel.session.get_secret_value(),
-        "timestamp": taobao.top_time(now),
-        "format": channel.format,
-        "v": "2.0",
-        "sign_method": channel.sign_method,
-        **business,
-    }
-    params["sign"] = taobao.sign(params, channel.app_secret.get_secret_value(), channel.sign_method)
-    return _form_post(channel.gateway, params)
-
-
-def _top_waybill(shipped: Shipped) -> dict[str, str]:
-    """`tid`, `out_sid`, `company_code`; a partial parcel adds `is_split=1` and its
-    sub-orders (`sub_tid`, the lines' `oid`s, comma-separated)."""
-    business = {
-        "tid": shipped.order_external_id,
-        "out_sid": shipped.tracking_number,
-        "company_code": shipped.company,
-    }
-    if shipped.partial:
-        business["is_split"] = "1"
-        business["sub_tid"] = ",".join(line.external_id for line in shipped.lines)
-    return business
-
-
-def taobao_offline_send(
-    channel: TaobaoChannel, shipped: Shipped, now: datetime
-) -> WritebackRequest:
-    return _top_call(channel, TAOBAO_METHOD, _top_waybill(shipped), now)
-
-
-def taobao_consign_resend(
-    channel: TaobaoChannel, shipped: Shipped, now: datetime
-) -> WritebackRequest:
-    """Change the waybill of a consigned trade (or of the parcel's sub-orders)."""
-    return _top_call(channel, TAOBAO_RESEND_METHOD, _top_waybill(shipped), now)
-
-
-def taobao_logistics_orders(
-    channel: TaobaoChannel, shipped: Shipped, now: datetime
-) -> WritebackRequest:
-    """The trade's logistics orders: which waybills TOP records for it."""
-    business = {"tid": shipped.order_external_id, "fields": TAOBAO_ORDERS_FIELDS}
-    return _top_call(channel, TAOBAO_ORDERS_METHOD, business, now)
-
-
-def _read_top(channel: TaobaoChannel, response: HttpResponse, key: str) -> Mapping[str, Any]:
-    check_http("TOP", response)
-    try:
-        data = taobao.decode(response.body, channel.format)
-    except PullError as e:
-        raise WritebackFailed(str(e), retryable=True, status=response.status) from None
-    error = data.get("error_response")
-    if error is not None:
-        err = error if isinstance(error, Mapping) else {}
-        code, sub_code = str(err.get("code", "")), str(err.get("sub_code", ""))
-        detail = f"TOP error {code} {err.get('msg', '')} ({sub_code}: {err.get('sub_msg', '')})"
-        busy = code == "7" or "call-limited" in sub_code or "limited-by" in sub_code
-        raise WritebackFailed(
-            detail, retryable=busy or sub_code.startswith("isp."), status=response.status
-        )
-    found = data.get(key)
-    return found if isinstance(found, Mapping) else {}
-
-
-def read_taobao_offline_send(
-    channel: TaobaoChannel, response: HttpResponse, key: str = TAOBAO_RESPONSE_KEY
-) -> None:
-    shipping = _read_top(channel, response, key).get("shipping")
-    ok = isinstance(shipping, Mapping) and shipping.get("is_success") in (True, "true")
-    if not ok:
-        raise WritebackFailed(
-            f"TOP answered without a successful shipping: {response.body[:200]!r}",
-            retryable=False,
-            status=response.status,
-        )
-
-
-def read_taobao_logistics_orders(channel: TaobaoChannel, response: HttpResponse) -> list[str]:
-    """The waybills (`out_sid`) TOP records for the trade."""
-    shippings = _read_top(channel, response, TAOBAO_ORDERS_KEY).get("shippings")
-    found = shippings.get("shipping") if isinstance(shippings, Mapping) else None
-    rows = found if isinstance(found, list) else [found] if isinstance(found, Mapping) else []
-    return [str(r["out_sid"]) for r in rows if isinstance(r, Mapping) and r.get("out_sid")]
-
-
-def taobao_conversation(channel: ChannelConfig, shipped: Shipped, now: datetime) -> Conversation:
-    assert isinstance(channel, TaobaoChannel)
-    try:
-        read_taobao_offline_send(channel, (yield taobao_offline_send(channel, shipped, now)))
-        return
-    except WritebackFailed as e:
-        if e.retryable or not already_shipped(e.detail):
-            raise
-    recorded = read_taobao_logistics_orders(
-        channel, (yield taobao_logistics_orders(channel, shipped, now))
-    )
-    if settle_shipped("TOP", shipped, recorded) is not None:
-        resend = yield taobao_consign_resend(channel, shipped, now)
-        read_taobao_offline_send(channel, resend, TAOBAO_RESEND_KEY)
-
-
-# ---- JD JOS -----------------------------------------------------------------------------
-
-
-def _jos_call(
-    channel: JdChannel, method: str, business: Mapping[str, Any], now: datetime
-) -> WritebackRequest:
-    assert channel.access_token is not None
-    params = {
-        "method": method,
-        "app_key": channel.app_key,
-        "access_token": channel.access_token.get_secret_value(),
-        "timestamp": jd.jos_time(now),
-        "v": "2.0",
-        "360buy_param_json": jd.param_json(business),
-    }
-    params["sign"] = jd.sign(params, channel.app_secret.get_secret_value())
-    return _form_post(channel.gateway, params)
-
-
-def jd_order_shipment(channel: JdChannel, shipped: Shipped, now: datetime) -> WritebackRequest:
-    business = {
-        "orderId": shipped.order_external_id,
-        "logiCoprId": shipped.company,
-        "logiNo": shipped.tracking_number,
-    }
-    return _jos_call(channel, JD_METHOD, business, now)
-
-
-def jd_order_get(channel: JdChannel, shipped: Shipped, now: datetime) -> WritebackRequest:
-    """The order as JOS holds it, with the waybill it recorded at shipment."""
-    business = {"order_id": shipped.order_external_id, "optional_fields": JD_GET_FIELDS}
-    return _jos_call(channel, JD_GET_METHOD, business, now)
-
-
-def _busy(words: str) -> bool:
-    return "limit" in words.lower() or "频" in words or "busy" in words.lower() or "繁忙" in words
-
-
-def _read_jos(response: HttpResponse, key: str) -> Mapping[str, Any]:
-    check_http("JOS", response)
-    data = _json_body("JOS", response)
-    if not isinstance(data, dict):
-        raise WritebackFailed("JOS answered JSON that is not an object", retryable=True)
-    error = data.get("error_response")
-    if error is not None:
-        err = error if isinstance(error, Mapping) else {}
-        desc = f"{err.get('en_desc', '')} {err.get('zh_desc', '')}".strip()
-        raise WritebackFailed(
-            f"JOS error {err.get('code', '')}: {desc}",
-            retryable=_busy(desc),
-            status=response.status,
-        )
-    envelope = data.get(key)
-    return envelope if isinstance(envelope, Mapping) else {}
-
-
-def read_jd_order_shipment(response: HttpResponse) -> None:
-    result = _read_jos(response, JD_RESPONSE_KEY).get("sopjosshipment_result")
-    if not isinstance(result, Mapping) or result.get("success") is not True:
-        found = result if isinstance(result, Mapping) else {}
-        raise WritebackFailed(
-            f"JOS shipment refused {found.get('code', '')}: {found.get('englishErrCode', '')}"
-            f" {found.get('chineseErrCode', '')}".rstrip(),
-            retryable=False,
-            status=response.status,
-        )
-
-
-def read_jd_order_waybills(response: HttpResponse) -> list[str]:
-    """The waybill numbers JOS records for the order (`waybill`, several comma-separated)."""
-    detail = _read_jos(response, JD_GET_KEY).get("orderDetailInfo")
-    info = detail.get("orderInfo") if isinstance(detail, Mapping) else None
-    if not isinstance(info, Mapping):
-        raise WritebackFailed("JOS answered without orderInfo", retryable=True)
-    return [w for w in str(info.get("waybill") or "").split(",") if w]
-
-
-def jd_conversation(channel: ChannelConfig, shipped: Shipped, now: datetime) -> Conversation:
-    """JOS ships a whole order with one waybill: a partial parcel is not written back, the
-    parcel that completes the order is (with its waybill). JOS offers no call to change
-    the waybill of a shipped order, so a re-booking is refused for an operator."""
-    assert isinstance(channel, JdChannel)
-    if shipped.partial and not shipped.completes_order:
-        return
-    try:
-        read_jd_order_shipment((yield jd_order_shipment(channel, shipped, now)))
-        return
-    except WritebackFailed as e:
-        if e.retryable or not already_shipped(e.detail):
-            raise
-    recorded = read_jd_order_waybills((yield jd_order_get(channel, shipped, now)))
-    old = settle_shipped("JOS", shipped, recorded)
-    if old is not None:
-        raise WritebackFailed(
-            f"JOS order {shipped.order_external_id} shipped with waybill {old}, re-booked as"
-            f" {shipped.tracking_number}: JOS cannot change a shipped order's waybill by API;"
-            " change it in the JD seller backend",
-            retryable=False,
-        )
-
-
-# ---- Douyin -----------------------------------------------------------------------------
-
-
-def _douyin_call(
-    channel: DouyinChannel, method: str, business: Mapping[str, Any], now: datetime
-) -> WritebackRequest:
-    assert channel.access_token is not None
-    body = douyin.param_json(business)
-    stamp = douyin.open_time(now)
-    secret = channel.app_secret.get_secret_value()
-    params = {
-        "app_key": channel.app_key,
-        "method": method,
-        "access_token": channel.access_token.get_secret_value(),
-        "timestamp": stamp,
-        "v": "2",
-        "sign_method": channel.sign_method,
-        "sign": douyin.sign(channel.app_key, secret, method, body, stamp, "2", channel.sign_method),
-    }
-    url = channel.gateway.rstrip("/") + "/" + method.replace(".", "/")
-    return WritebackRequest("POST", url, (_JSON,), body.encode("utf-8"), tuple(params.items()))
-
-
-def douyin_logistics_add(
-    channel: DouyinChannel, shipped: Shipped, now: datetime
-) -> WritebackRequest:
-    """The whole order in one parcel (`order.logisticsAdd`), or a partial parcel with its
-    sku orders and quantities (`order.logisticsAddSinglePack`, `shipped_order_info`)."""
-    if shipped.partial:
-        pack = {
-            "order_id_list": [shipped.order_external_id],
-            "shipped_order_info": [
-                {"shipped_order_id": line.external_id, "shipped_num": line.quantity}
-                for line in shipped.lines
-            ],
-            "company_code": shipped.company,
-            "logistics_code": shipped.tracking_number,
-            "request_id": shipped.shipment_id,  # the platform's idempotency key
-        }
-        return _douyin_call(channel, DOUYIN_PACK_METHOD, pack, now)
-    business = {
-        "order_id": shipped.order_external_id,
-        "company_code": shipped.company,
-        "logistics_code": shipped.tracking_number,
-    }
-    return _douyin_call(channel, DOUYIN_METHOD, business, now)
-
-
-def douyin_logistics_edit(
-    channel: DouyinChannel, shipped: Shipped, now: datetime
-) -> WritebackRequest:
-    business = {
-        "order_id": shipped.order_external_id,
-        "company_code": shipped.company,
-        "logistics_code": shipped.tracking_number,
-    }
-    return _douyin_call(channel, DOUYIN_EDIT_METHOD, business, now)
-
-
-def douyin_order_detail(
-    channel: DouyinChannel, shipped: Shipped, now: datetime
-) -> WritebackRequest:
-    """`order.orderDetail` as the pull reads it: a GET, `param_json` in the query."""
-    business = {"shop_order_id": shipped.order_external_id}
-    call = _douyin_call(channel, douyin.DETAIL_METHOD, business, now)
-    params = (*call.params, ("param_json", call.body.decode("utf-8")))
-    return WritebackRequest("GET", call.url, (), b"", params)
-
-
-def _read_douyin(response: HttpResponse) -> Mapping[str, Any]:
-    check_http("Douyin", response)
-    data = _json_body("Douyin", response)
-    if not isinstance(data, dict):
-        raise WritebackFailed("Douyin answered JSON that is not an object", retryable=True)
-    code = data.get("code")
-    if code == douyin.OK:
-        found = data.get("data")
-        return found if isinstance(found, Mapping) else {}
-    sub_code = str(data.get("sub_code", ""))
-    words = f"{data.get('msg', '')} {data.get('sub_msg', '')}"
-    raise WritebackFailed(
-        f"Douyin error {code} {data.get('msg', '')} ({sub_code}: {data.get('sub_msg', '')})",
-        retryable=_busy(words) or "限流" in words or sub_code.startswith("isp."),
-        status=response.status,
-    )
-
-
-def read_douyin_logistics_add(response: HttpResponse) -> None:
-    _read_douyin(response)
-
-
-def read_douyin_waybills(response: HttpResponse) -> list[str]:
-    """The tracking numbers the order's `logistics_info` records (one per parcel)."""
-    detail = _read_douyin(response).get("shop_order_detail")
-    parcels = detail.get("logistics_info") if isinstance(detail, Mapping) else None
-    if not isinstance(parcels, list):
-        return []
-    return [
-        str(p["tracking_no"]) for p in parcels if isinstance(p, Mapping) and p.get("tracking_no")
-    ]
-
-
-def douyin_conversation(channel: ChannelConfig, shipped: Shipped, now: datetime) -> Conversation:
-    assert isinstance(channel, DouyinChannel)
-    try:
-        read_douyin_logistics_add((yield douyin_logistics_add(channel, shipped, now)))
-        return
-    except WritebackFailed as e:
-        if e.retryable or not already_shipped(e.detail):
-            raise
-    recorded = read_douyin_waybills((yield douyin_order_detail(channel, shipped, now)))
-    if settle_shipped("Douyin", shipped, recorded) is not None:
-        read_douyin_logistics_add((yield douyin_logistics_edit(channel, shipped, now)))
-
+# ---- the China platforms ----------------------------------------------------------------
+# In writeback_cn, built on the definitions above, so imported only now (then either module
+# may be imported first); its `__all__` is re-exported, so its names are importable here too.
+from ordersync.adapters.channels.writeback_cn import *  # noqa: E402, F403
+from ordersync.adapters.channels.writeback_cn import (  # noqa: E402
+    douyin_conversation,
+    jd_conversation,
+    taobao_conversation,
+)
 
 # ---- by kind ----------------------------------------------------------------------------
 
