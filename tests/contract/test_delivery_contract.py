@@ -5,8 +5,6 @@ dead letters and replay, operator verbs, readiness, and a graceful drain on SIGT
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -15,6 +13,7 @@ import pytest
 
 from ordersync.simulators.sinks import FaultPlan
 from ordersync.simulators.verify import HubClient, verify
+from ordersync.testing.cli import run_cli_streams, run_process
 from ordersync.testing.cluster import Cluster
 
 ClusterFactory = Callable[..., Awaitable[Cluster]]
@@ -56,13 +55,14 @@ async def test_a_destination_failing_each_event_twice_still_gets_each_once_in_or
     assert sum(s.failures_injected for s in c.sinks.values()) == 2 * len(result.hub_deliveries)
 
 
-def cli(c: Cluster, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "ordersync", *args, "--config", str(c.workdir / "ordersync.yaml")],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+async def cli(c: Cluster, *args: str) -> tuple[int, bytes, bytes]:
+    """(exit code, stdout, stderr) of `ordersync *args`: a real child process on the SQLite
+    cluster (the entry point itself is proven there), in this process on the others (the
+    same Typer app without a second of imports per call: testing/cli.py)."""
+    argv = (*args, "--config", str(c.workdir / "ordersync.yaml"))
+    if c.backend == "sqlite":
+        return await run_process(*argv)
+    return await run_cli_streams(*argv)
 
 
 async def test_dead_letters_are_listed_and_replayed_by_the_operator_cli(
@@ -78,19 +78,19 @@ async def test_dead_letters_are_listed_and_replayed_by_the_operator_cli(
         report = await store.run(20, lifecycle=False)
     await c.settle(120)
 
-    listed = cli(c, "dlq", "list", "--json")
+    listed_code, listed, listed_err = await cli(c, "dlq", "list", "--json")
     c.sinks["erp"].faults = FaultPlan()
-    replayed = cli(c, "dlq", "replay")
+    replayed_code, replayed, replayed_err = await cli(c, "dlq", "replay")
     await c.settle(120)
-    summary = cli(c, "deliveries", "summary", "--json")
+    _, summary, _ = await cli(c, "deliveries", "summary", "--json")
 
-    assert listed.returncode == 0, listed.stderr.decode()
-    dead = orjson.loads(listed.stdout)
+    assert listed_code == 0, listed_err.decode()
+    dead = orjson.loads(listed)
     assert len(dead) == len(report.accepted_orders) == 20
     assert {d["state"] for d in dead} == {"dead"}
-    assert replayed.returncode == 0, replayed.stderr.decode()
-    assert b"queued 20" in replayed.stdout
-    assert orjson.loads(summary.stdout) == [
+    assert replayed_code == 0, replayed_err.decode()
+    assert b"queued 20" in replayed
+    assert orjson.loads(summary) == [
         {"destination": "erp", "pending": 0, "succeeded": 20, "dead": 0}
     ]
     assert sorted(e.webhook_id for e in c.sinks["erp"].ledger) == sorted(
