@@ -573,8 +573,10 @@ class InventoryConfig(_Model):
     writers: int | None = Field(default=None, ge=1, le=64)  # None: 1 on SQLite, 8 otherwise
     max_batch: int = Field(default=512, ge=1, le=10_000)  # reservations per transaction
     # PostgreSQL: a SKU's writer decides its next batch of reservations while the last one
-    # commits, from the state that one left (guarded by the row's version: ADR 10).
-    pipeline: bool = True
+    # commits, from the state that one left (a compare-and-swap guards the write: ADR 10).
+    # Off by default: on a 2-core machine with PostgreSQL beside the hub it measured within
+    # noise of the plain writer (BENCHMARKS.md); it is meant for a database across a network.
+    pipeline: bool = False
     # inventory.low fires when a SKU's available across all locations falls to or below
     # this (once per crossing). None: per location, when available reaches its safety stock.
     low_stock_threshold: int | None = Field(default=None, ge=0)

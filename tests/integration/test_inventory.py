@@ -272,11 +272,13 @@ async def test_256_buyers_racing_for_100_units_through_the_order_api_get_exactly
     await ledger_matches_stock(room.hub, query)
 
 
+@pytest.mark.parametrize("pipeline", [False, True], ids=["plain", "pipelined"])
 async def test_256_buyers_racing_for_100_units_through_the_reservation_api_get_exactly_100(
-    open_stockroom: Opener, query: Query
+    open_stockroom: Opener, query: Query, pipeline: bool
 ) -> None:
-    """The SKU-sharded writer batches the rush; 100 get 201, the rest 409, none oversold."""
-    room = await open_stockroom()
+    """The SKU-sharded writer batches the rush (on PostgreSQL optionally pipelined, ADR 10);
+    100 get 201, the rest 409, none oversold."""
+    room = await open_stockroom(pipeline=pipeline)
     await put_stock(room.wms, 60)
     await put_stock(room.wms, 40, location_id="paris-store")
 
@@ -305,7 +307,7 @@ async def test_orders_and_carts_racing_for_one_sku_through_both_writers_get_exac
     """Half the buyers place orders (the order writers lock the stock row), half reserve
     carts (the SKU writer, pipelined on PostgreSQL, whose carried state the orders keep
     changing under it): between them, exactly the 100 units are held."""
-    room = await open_stockroom()
+    room = await open_stockroom(pipeline=True)
     await put_stock(room.wms, UNITS)
     carts = [
         room.wms.post(
