@@ -293,7 +293,17 @@ async def test_an_expired_parcel_is_told_once_by_an_event_and_an_alert(
 
     types = await event_types(query, w.hub, order_id)
     assert types.count("shipment.tracking_expired") == 1
-    assert types.count("alert.raised") == 1
+    # Only this rule's alert counts: the shipments sweep may also raise `no_pickup` for a
+    # parcel 72 h past booking, depending on whether it ran during the test.
+    raised = [
+        orjson.loads(b)["data"]["rule"]
+        for (b,) in await query(
+            w.hub,
+            "SELECT body FROM events WHERE order_id = :o AND type = 'alert.raised'",
+            o=order_id,
+        )
+    ]
+    assert raised.count("shipment.tracking_expired") == 1
     [(body,)] = await query(
         w.hub,
         "SELECT body FROM events WHERE order_id = :o AND type = 'shipment.tracking_expired'",
@@ -305,8 +315,9 @@ async def test_an_expired_parcel_is_told_once_by_an_event_and_an_alert(
         "pending",
         2 * 86400,
     )
-    [alert] = (await w.api.get("/v1/alerts")).json()["data"]
-    assert (alert["shipment_id"], alert["rule"]) == (shipment["id"], "shipment.tracking_expired")
+    alerts = (await w.api.get("/v1/alerts")).json()["data"]
+    [alert] = [a for a in alerts if a["rule"] == "shipment.tracking_expired"]
+    assert alert["shipment_id"] == shipment["id"]
     metric = w.hub.metrics.registry.get_sample_value(
         "ordersync_alerts_raised_total", {"rule": "shipment.tracking_expired"}
     )
