@@ -34,7 +34,9 @@ def redact(url: str) -> str:
 class Database:
     """`hide_parameters`: database errors end up in logs, and parameters hold customer data."""
 
-    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 8, idle_in_transaction_timeout: float = 60.0
+    ) -> None:
         self.url = url
         aurl = async_url(url)
         self.is_sqlite = aurl.startswith("sqlite")
@@ -51,12 +53,19 @@ class Database:
             _sqlite_setup(self.writer, immediate=True)
             _sqlite_setup(self.reader, immediate=False)
         else:
+            # A transaction the hub left open and idle (a task cancelled mid-transaction
+            # whose clean-up failed) would hold its row locks for ever, and every later
+            # change of those rows would wait behind it: PostgreSQL ends such a session
+            # after `idle_in_transaction_timeout` seconds. No transaction of the hub waits
+            # that long between two statements.
+            idle_ms = str(int(idle_in_transaction_timeout * 1000))
             self.writer = create_async_engine(
                 aurl,
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_pre_ping=True,
                 hide_parameters=True,
+                connect_args={"server_settings": {"idle_in_transaction_session_timeout": idle_ms}},
             )
             self.reader = self.writer
 
