@@ -105,10 +105,14 @@ class SingletonTask:
             # one runs out counts as failed: the work stops while the lease still covers it.
             timeout = max(self._held_until - asked - self.every / 2, 0.01) if self.active else ttl
             try:
-                epoch = await asyncio.wait_for(
-                    self.store.acquire(self.owner, to_us(utcnow()), self.ttl_us), timeout
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result
+                # of an inner call that finished as the cancellation arrived and drops the
+                # cancellation, and this loop would then run on while `stop` waits for it.
+                async with asyncio.timeout(timeout):
+                    epoch = await self.store.acquire(self.owner, to_us(utcnow()), self.ttl_us)
             except Exception:
+                if cancelling():  # stopping: a clean-up error must not keep us looping
+                    raise asyncio.CancelledError from None
                 log.warning("lease %r: renewal failed", self.name, exc_info=True)
                 epoch = None
             if self.active and epoch != self.epoch:
@@ -128,6 +132,8 @@ class SingletonTask:
                     await self._halt()
                     with contextlib.suppress(Exception):
                         await self.store.release(self.owner)
+            if cancelling():  # a cancellation something below absorbed: honour it
+                raise asyncio.CancelledError
             await asyncio.sleep(self.every)
 
     async def _halt(self) -> None:
