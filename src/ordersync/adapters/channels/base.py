@@ -53,6 +53,19 @@ __all__ = [
 ]
 
 
+# The form body the Chinese platforms' gateways (TOP, JOS, Douyin) take for a signed call.
+FORM_CONTENT_TYPE = ("Content-Type", "application/x-www-form-urlencoded;charset=utf-8")
+
+
+def platform_busy(words: str) -> bool:
+    """A platform's refusal that says "too many calls" or "busy" (English or Chinese:
+    频 frequency, 繁忙 busy, 限流 throttled): retryable, the platform's trouble."""
+    lowered = words.lower()
+    return any(w in lowered for w in ("limit", "busy")) or any(
+        w in words for w in ("频", "繁忙", "限流")
+    )
+
+
 class Capability(StrEnum):
     """What a connector can do; the hub only asks a connector for what it declares."""
 

@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 import aiohttp
 
 from ordersync.adapters.channels import douyin, jd, taobao
-from ordersync.adapters.channels.base import PullError
+from ordersync.adapters.channels.base import FORM_CONTENT_TYPE, PullError, platform_busy
 from ordersync.clock import utcnow
 from ordersync.service.stock_publisher import StockPushError, StockPushObserver
 
@@ -52,7 +52,7 @@ JD_STOCK_METHOD = "jingdong.stock.write.updateSkuStock"
 JD_STOCK_RESPONSE_KEY = "jingdong_stock_write_updateSkuStock_responce"  # JD's own spelling
 DOUYIN_STOCK_METHOD = "sku.syncStock"
 
-_FORM = ("Content-Type", "application/x-www-form-urlencoded;charset=utf-8")
+_FORM = FORM_CONTENT_TYPE
 _JSON = ("Content-Type", "application/json")
 
 # (status, body text) -> None, or StockAnswerError
@@ -173,13 +173,6 @@ def _json_object(platform: str, text: str) -> Mapping[str, Any]:
     return data
 
 
-def _busy(words: str) -> bool:
-    lowered = words.lower()
-    return any(w in lowered for w in ("limit", "busy")) or any(
-        w in words for w in ("频", "繁忙", "限流")
-    )
-
-
 def read_taobao_quantity_update(status: int, text: str, fmt: str = "json") -> None:
     """`taobao.item.quantity.update`: the item back, or `error_response` (code 7 "App Call
     Limited" and `isp.*` are the platform's trouble: retryable; `isv.*`, a bad signature or
@@ -212,7 +205,9 @@ def read_jd_update_sku_stock(status: int, text: str) -> None:
     if error is not None:
         err = error if isinstance(error, Mapping) else {}
         desc = f"{err.get('en_desc', '')} {err.get('zh_desc', '')}".strip()
-        raise StockAnswerError(f"JOS error {err.get('code', '')}: {desc}", retryable=_busy(desc))
+        raise StockAnswerError(
+            f"JOS error {err.get('code', '')}: {desc}", retryable=platform_busy(desc)
+        )
     envelope = data.get(JD_STOCK_RESPONSE_KEY)
     if not isinstance(envelope, Mapping):
         raise StockAnswerError(f"JOS answered without {JD_STOCK_RESPONSE_KEY}", retryable=True)
@@ -220,7 +215,7 @@ def read_jd_update_sku_stock(status: int, text: str) -> None:
         words = f"{envelope.get('message', '')} {envelope.get('msg', '')}"
         raise StockAnswerError(
             f"JOS refused the stock update (code {envelope.get('code', '')}: {words.strip()})",
-            retryable=_busy(words),
+            retryable=platform_busy(words),
         )
 
 
@@ -236,7 +231,7 @@ def read_douyin_sync_stock(status: int, text: str) -> None:
     words = f"{data.get('msg', '')} {data.get('sub_msg', '')}"
     raise StockAnswerError(
         f"Douyin error {code} {data.get('msg', '')} ({sub_code}: {data.get('sub_msg', '')})",
-        retryable=_busy(words) or sub_code.startswith("isp."),
+        retryable=platform_busy(words) or sub_code.startswith("isp."),
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ordersync.adapters.channels import douyin, jd, taobao
+from ordersync.adapters.channels.base import FORM_CONTENT_TYPE, platform_busy
 from ordersync.config import ChannelConfig, DouyinChannel, JdChannel, TaobaoChannel
 from ordersync.service.pull import HttpResponse, PullError
 
@@ -89,7 +90,7 @@ DOUYIN_METHOD = "order.logisticsAdd"
 DOUYIN_PACK_METHOD = "order.logisticsAddSinglePack"
 DOUYIN_EDIT_METHOD = "order.logisticsEdit"
 
-_FORM = ("Content-Type", "application/x-www-form-urlencoded;charset=utf-8")
+_FORM = FORM_CONTENT_TYPE
 
 
 def _form_post(url: str, params: Mapping[str, str]) -> WritebackRequest:
@@ -290,10 +291,6 @@ def jd_order_get(channel: JdChannel, shipped: Shipped, now: datetime) -> Writeba
     return _jos_call(channel, JD_GET_METHOD, business, now)
 
 
-def _busy(words: str) -> bool:
-    return "limit" in words.lower() or "频" in words or "busy" in words.lower() or "繁忙" in words
-
-
 def _read_jos(response: HttpResponse, key: str) -> Mapping[str, Any]:
     check_http("JOS", response)
     data = json_body("JOS", response)
@@ -305,7 +302,7 @@ def _read_jos(response: HttpResponse, key: str) -> Mapping[str, Any]:
         desc = f"{err.get('en_desc', '')} {err.get('zh_desc', '')}".strip()
         raise WritebackFailed(
             f"JOS error {err.get('code', '')}: {desc}",
-            retryable=_busy(desc),
+            retryable=platform_busy(desc),
             status=response.status,
         )
     envelope = data.get(key)
@@ -441,7 +438,7 @@ def _read_douyin(response: HttpResponse) -> Mapping[str, Any]:
     words = f"{data.get('msg', '')} {data.get('sub_msg', '')}"
     raise WritebackFailed(
         f"Douyin error {code} {data.get('msg', '')} ({sub_code}: {data.get('sub_msg', '')})",
-        retryable=_busy(words) or "限流" in words or sub_code.startswith("isp."),
+        retryable=platform_busy(words) or "限流" in words or sub_code.startswith("isp."),
         status=response.status,
     )
 
