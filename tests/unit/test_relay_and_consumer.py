@@ -188,7 +188,9 @@ async def test_a_consumer_never_takes_a_half_open_breaker_s_probe_from_the_sweep
     worker = dispatcher.workers[ERP]
     dispatcher.start(fresh_grace=60)
     await consumer.handle(message_for(store, 1))  # fails once: the breaker opens
-    await asyncio.sleep(0.06)  # cooldown over: whoever asks next may take the probe
+    # The cooldown ends now, without waiting: the sweeper still sleeps until its own wake-up,
+    # so the consumer asks first (a sleep made the two race for the probe).
+    worker.breaker.opened_at -= worker.breaker.current_cooldown
 
     handed_over = worker.accepts_now()
     probe_taken = worker.breaker.probe_in_flight

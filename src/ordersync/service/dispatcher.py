@@ -11,7 +11,6 @@ committed. A crash loses nothing: what was not recorded is still pending and is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from ordersync.service.delivery_ports import (
     DueDelivery,
     Sender,
 )
+from ordersync.service.singleton import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,10 @@ class ResultWriter:
 
     async def stop(self, timeout: float = 15.0) -> None:
         try:
-            await asyncio.wait_for(self.drain(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation of
+            # this stop that arrives just as the drain finishes, and the caller runs on.
+            async with asyncio.timeout(timeout):
+                await self.drain()
         except TimeoutError:
             # Unrecorded attempts stay pending in the database and are sent again later
             # (same webhook-id): at-least-once, never lost.
@@ -156,8 +159,7 @@ class DestinationWorker:
             probe_in = self.breaker.seconds_until_probe(time.monotonic())
             if probe_in is not None:
                 timeout = min(timeout, probe_in + 0.01)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
 
     async def stop(self) -> None:
         """Stop taking work; let in-flight sends finish and be recorded."""

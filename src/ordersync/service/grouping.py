@@ -63,7 +63,7 @@ from ordersync.domain.order_status import OrderStatus, PaymentStatus, check_tran
 from ordersync.domain.orders import Order
 from ordersync.ids import new_id
 from ordersync.service.outbox import EventRouter, OutboxEntry
-from ordersync.service.singleton import cancel_and_wait
+from ordersync.service.singleton import cancel_and_wait, wait_event
 from ordersync.service.unit_of_work import (
     BufferedOrderRepository,
     IdempotencyStore,
@@ -268,8 +268,7 @@ class GroupingService:
             if self._arrived:  # some not committed yet: look again shortly
                 tries = min(self._arrived.values())
                 wait = min(wait, 0.02 * 2 ** max(tries - 1, 0))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.0))
+            await wait_event(self._wake, max(wait, 0.0))
             self._wake.clear()
 
     async def auto_merge(self) -> list[str]:

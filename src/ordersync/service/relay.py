@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from ordersync.clock import to_us, utcnow
 from ordersync.ids import new_id
 from ordersync.service.bus import EventMessage, Publisher
+from ordersync.service.singleton import cancelling, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class OutboxRelay:
                 more = await self._step()
                 delay = 0.05
             except Exception:
+                if cancelling():  # stopping: a clean-up error must not keep us looping
+                    raise asyncio.CancelledError from None
                 # Broker or database away: keep trying; nothing is marked that was not confirmed.
                 log.warning("outbox relay step failed; retrying in %.2fs", delay, exc_info=True)
                 await asyncio.sleep(delay)
@@ -107,8 +110,7 @@ class OutboxRelay:
                 continue
             if more:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll)
+            await wait_event(self._wake, self.poll)
 
     async def _keep_lease(self) -> None:
         # Its own task, so a slow publish under load never lets the lease lapse.

@@ -38,6 +38,26 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
         log.warning("%s failed while stopping", task.get_name(), exc_info=task.exception())
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until `event` is set (True) or `timeout` seconds have passed (False).
+
+    What a loop waits on between rounds, instead of `wait_for(event.wait(), timeout)`: on
+    Python 3.11 wait_for returns the inner result when the event is set just as the task is
+    cancelled and drops the cancellation, so the loop runs on and whoever waits for it to end
+    hangs. Here the wait runs in the calling task under `asyncio.timeout`, so a cancellation
+    always raises; and one that something earlier in the round absorbed (see `cancelling`)
+    is raised before waiting, so the loop ends at its next wait.
+    """
+    if cancelling():
+        raise asyncio.CancelledError
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 def cancelling() -> bool:
     """True once the running task has been asked to stop. A loop that survives errors
     (`except Exception`) checks it: a cleanup that fails while the cancellation unwinds (a

@@ -21,7 +21,6 @@ notifies every SKU with a stale row, since the last holder may have missed some)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Protocol
 from ordersync.clock import utcnow
 from ordersync.domain.inventory import StockLevel
 from ordersync.domain.stock_publishing import PublishingRule, StockPool, publish
-from ordersync.service.singleton import cancel_and_wait
+from ordersync.service.singleton import cancel_and_wait, wait_event
 from ordersync.service.stock_publisher import PublisherSettings, StockPublisher, StockPush
 
 log = logging.getLogger(__name__)
@@ -200,7 +199,6 @@ class StockSync:
                     await self.poll_once()
                 except Exception:  # the loop must survive a database restart
                     log.warning("stock publishing poll failed", exc_info=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self._poll)
+                await wait_event(self._stop, self._poll)
         finally:
             await cancel_and_wait(publisher)
