@@ -14,7 +14,7 @@ from typing import Any
 from ordersync.domain.events import EventType, OrderEvent
 from ordersync.domain.inventory import RoutingRecord
 from ordersync.domain.order_status import HoldReason, OrderStatus, PaymentStatus
-from ordersync.domain.orders import Address, Customer, Order, OrderLine, Totals
+from ordersync.domain.orders import Address, Customer, HoldRelease, Order, OrderLine, Totals
 
 
 def fmt_time(t: datetime | None) -> str | None:
@@ -72,7 +72,7 @@ def line_to_dict(line: OrderLine) -> dict[str, Any]:
 
 
 def order_to_dict(o: Order) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "id": o.id,
         "channel_id": o.channel_id,
         "external_id": o.external_id,
@@ -94,6 +94,17 @@ def order_to_dict(o: Order) -> dict[str, Any]:
         "channel_updated_at": fmt_time(o.channel_updated_at),
         "version": o.version,
     }
+    if o.released_holds:  # only once a person released a hold (older documents lack it)
+        doc["released_holds"] = [_release_to_dict(r) for r in o.released_holds]
+    return doc
+
+
+def _release_to_dict(r: HoldRelease) -> dict[str, Any]:
+    return {"reason": r.reason.value, "fact": r.fact, "by": r.by, "at": fmt_time(r.at)}
+
+
+def _release_from_dict(d: dict[str, Any]) -> HoldRelease:
+    return HoldRelease(HoldReason(d["reason"]), d.get("fact"), d["by"], _required_time(d["at"]))
 
 
 def routing_doc(record: RoutingRecord) -> dict[str, Any]:
@@ -237,6 +248,7 @@ def order_from_dict(d: dict[str, Any]) -> Order:
         payment_status=PaymentStatus(d["payment_status"]),
         hold_reasons=tuple(HoldReason(r) for r in d.get("hold_reasons") or ()),
         held_from=OrderStatus(d["held_from"]) if d.get("held_from") else None,
+        released_holds=tuple(_release_from_dict(r) for r in d.get("released_holds") or ()),
         currency=d["currency"],
         totals=totals_from_dict(d["totals"]),
         lines=tuple(line_from_dict(x) for x in d["lines"]),

@@ -9,6 +9,15 @@ cleared. Reasons no rule manages (`manual`, `payment_review`) and reasons of rul
 not release themselves (`suspected_fraud`: a burst of orders does not un-happen, and a
 fraudster must not clear a suspicion by editing the order) are never removed here; only a
 person (or the API) releases those.
+
+A person's release stands: the order remembers each reason a person released with the fact
+its rule judged then (`Order.released_holds`, `orders.release_fact`: the total for
+`amount_above_threshold`, the note's text for `buyer_note`, the shipping address for
+`incomplete_address`), and `evaluate` does not hold the order for that reason again while
+that fact is the same (the channel's next update still carries the amount or the note the
+person read). A material change (another total still above the threshold, another note,
+another address) holds it again, and that release is spent. `suspected_fraud` judges its
+facts once, when they are new (see `AuditContext`), so it needs no such memory.
 """
 
 from __future__ import annotations
@@ -326,6 +335,8 @@ class AuditResult:
     reasons: tuple[HoldReason, ...]  # what the order should carry afterwards, in order
     action: HoldAction
     details: Mapping[HoldReason, str] = field(default_factory=dict)
+    # Found, but a person released the order for it and its fact has not changed since.
+    released: frozenset[HoldReason] = frozenset()
 
 
 def evaluate(order: Order, rules: Sequence[AuditRule], ctx: AuditContext) -> AuditResult:
@@ -339,7 +350,8 @@ def evaluate(order: Order, rules: Sequence[AuditRule], ctx: AuditContext) -> Aud
     found = {f.reason for f in findings}
     managed = {rule.reason for rule in rules if rule.releases_itself}
     current = set(order.hold_reasons)
-    add = frozenset(found - current)
+    released = frozenset(r for r in found - current if still_released(order, r))
+    add = frozenset(found - current - released)
     remove = frozenset((current & managed) - found)
     reasons = tuple(r for r in order.hold_reasons if r not in remove) + tuple(
         f.reason for f in findings if f.reason in add
@@ -353,8 +365,15 @@ def evaluate(order: Order, rules: Sequence[AuditRule], ctx: AuditContext) -> Aud
     else:
         action = HoldAction.NONE
     return AuditResult(
-        findings, add, remove, reasons, action, {f.reason: f.detail for f in findings}
+        findings, add, remove, reasons, action, {f.reason: f.detail for f in findings}, released
     )
+
+
+def still_released(order: Order, reason: HoldReason) -> bool:
+    """A person released the order from `reason`, and what its rule judges is as it was
+    then (`orders.release_fact`): the release stands."""
+    fact = order.released_fact(reason)
+    return fact is not None and fact == order.release_fact(reason)
 
 
 def apply(order: Order, result: AuditResult, *, at: datetime, cause: str = "audit") -> bool:
@@ -367,6 +386,6 @@ def apply(order: Order, result: AuditResult, *, at: datetime, cause: str = "audi
         order.transition_to(OrderStatus.ON_HOLD, cause=cause, at=at, hold_reasons=result.reasons)
         return True
     if result.action is HoldAction.RELEASE:
-        order.release_hold(cause=cause, at=at)
+        order.release_hold(cause=cause, at=at, by_rules=True)  # causes cleared: not a person's
         return True
     return False

@@ -8,6 +8,8 @@ an `Order` is the hub's record, which changes only through its methods. Each cha
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -127,6 +129,58 @@ class HistoryEntry:
     changed: tuple[str, ...] = ()  # content fields that changed
 
 
+@dataclass(frozen=True, slots=True)
+class HoldRelease:
+    """A person released the order from a hold that had `reason` (the API: `release`, or a
+    status change out of the hold). `fact` is what the reason's audit rule judged at that
+    moment (`release_fact`): the audit does not hold the order for `reason` again while the
+    fact stays the same. None: the reason's rule judges its facts' freshness itself
+    (`suspected_fraud`) or no rule manages it (`manual`, `payment_review`); then this is the
+    record of who released it and when, nothing more."""
+
+    reason: HoldReason
+    fact: str | None
+    by: str  # the release's cause, e.g. "api:ops" (the API key's id)
+    at: datetime
+
+
+def release_fact(order: Order, reason: HoldReason) -> str | None:
+    """What the audit rule of `reason` (domain/holds.py) looks at, as one comparable value;
+    a change of it is material, anything else is not.
+
+    `amount_above_threshold`: the total and its currency (`EUR 1250`: 1250.00 is the same).
+    `buyer_note`: the note's text (a digest; case-sensitive, spacing does not count).
+    `incomplete_address`: the shipping address, every field (a digest; case, width and
+    spacing do not count). Other reasons: None (see `HoldRelease.fact`).
+    """
+    if reason is HoldReason.AMOUNT_ABOVE_THRESHOLD:
+        return f"{order.currency} {order.totals.total.normalize():f}"
+    if reason is HoldReason.BUYER_NOTE:
+        return _digest(_spaced(order.note))
+    if reason is HoldReason.INCOMPLETE_ADDRESS:
+        addr = order.shipping_address
+        if addr is None:
+            return _digest("")
+        return _digest(*(_spaced(getattr(addr, f)).casefold() for f in addr.__slots__))
+    return None
+
+
+def _spaced(text: str | None) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text or "").split())
+
+
+def _digest(*parts: str) -> str:
+    # Not the text itself: the note and the address are in the order already, and personal.
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+# Reasons a person's release is remembered for: all but `stock_shortage`, which routing
+# clears and sets (stock arriving, a new routing decision), not a person's judgement.
+_REMEMBERED = frozenset(HoldReason) - {HoldReason.STOCK_SHORTAGE}
+# Statuses a release returns an order to that are still audited (not shipped or cancelled).
+_STILL_AUDITED = frozenset({OrderStatus.PENDING, OrderStatus.PAID, OrderStatus.ALLOCATED})
+
+
 @dataclass(slots=True)
 class Order:
     id: str
@@ -149,6 +203,9 @@ class Order:
     version: int = 1
     hold_reasons: tuple[HoldReason, ...] = ()
     held_from: OrderStatus | None = None
+    # Hold reasons a person released, one entry per reason (the latest release), kept until
+    # the audit holds the order for that reason again. See `HoldRelease`.
+    released_holds: tuple[HoldRelease, ...] = ()
     # Not persisted with the order: collected by the unit of work at commit.
     new_history: list[HistoryEntry] = field(default_factory=list, repr=False)
     new_events: list[OrderEvent] = field(default_factory=list, repr=False)
@@ -227,24 +284,40 @@ class Order:
         message_id: str | None = None,
         at: datetime,
         hold_reasons: tuple[HoldReason, ...] = (),
+        by_rules: bool = False,
     ) -> None:
-        """An explicit status change (operator, API, a later workflow)."""
+        """An explicit status change (operator, API, a later workflow).
+
+        Leaving a hold for a status that is still audited is a person's release, remembered
+        per reason (`released_holds`) unless `by_rules`: the audit let the order go because
+        its causes cleared, which is nothing to remember."""
         check_transition(self.status, target)
         if target is OrderStatus.ON_HOLD:
             if not hold_reasons:
                 raise InvalidOrder("putting an order on hold needs at least one reason")
             self.held_from = self.status
+            self._forget_releases(hold_reasons)
             self.hold_reasons = hold_reasons
         elif self.status is OrderStatus.ON_HOLD:
+            if not by_rules and target in _STILL_AUDITED:
+                self._remember_release(cause, at)
             self.held_from = None
             self.hold_reasons = ()
         self._record(target, self.payment_status, cause, message_id, at, ())
 
-    def release_hold(self, *, cause: str, at: datetime) -> None:
-        """Return a held order to the status it was held from."""
+    def release_hold(self, *, cause: str, at: datetime, by_rules: bool = False) -> None:
+        """Return a held order to the status it was held from. A person's release (the
+        default) is remembered per reason; `by_rules`: the audit's own, as its causes cleared."""
         if self.status is not OrderStatus.ON_HOLD or self.held_from is None:
             raise InvalidOrder("order is not on hold")
-        self.transition_to(self.held_from, cause=cause, at=at)
+        self.transition_to(self.held_from, cause=cause, at=at, by_rules=by_rules)
+
+    def release_fact(self, reason: HoldReason) -> str | None:
+        return release_fact(self, reason)
+
+    def released_fact(self, reason: HoldReason) -> str | None:
+        """The fact a person released `reason` at (None: not released, or no fact kept)."""
+        return next((r.fact for r in self.released_holds if r.reason is reason), None)
 
     def change_hold_reasons(
         self, reasons: tuple[HoldReason, ...], *, cause: str, at: datetime
@@ -257,6 +330,7 @@ class Order:
             raise InvalidOrder("an order on hold needs at least one reason")
         if reasons == self.hold_reasons:
             return False
+        self._forget_releases(tuple(r for r in reasons if r not in self.hold_reasons))
         self.hold_reasons = reasons
         self._record(self.status, self.payment_status, cause, None, at, ("hold_reasons",))
         return True
@@ -288,6 +362,18 @@ class Order:
         )
 
     # ---- internals --------------------------------------------------------------------
+    def _remember_release(self, cause: str, at: datetime) -> None:
+        released = {r.reason: r for r in self.released_holds}
+        for reason in self.hold_reasons:
+            if reason in _REMEMBERED:
+                released[reason] = HoldRelease(reason, release_fact(self, reason), cause, at)
+        self.released_holds = tuple(released.values())
+
+    def _forget_releases(self, reasons: tuple[HoldReason, ...]) -> None:
+        """The order is held for `reasons` (again): an earlier release of them is spent."""
+        if self.released_holds:
+            self.released_holds = tuple(r for r in self.released_holds if r.reason not in reasons)
+
     def _status_after_channel_report(
         self, reported: OrderStatus
     ) -> tuple[OrderStatus, OrderStatus | None]:

@@ -227,6 +227,17 @@ class LineOut(BaseModel):
     )
 
 
+class HoldReleaseOut(BaseModel):
+    reason: HoldReason
+    fact: str | None = Field(
+        description="What the reason's rule judged when the hold was released (the total,"
+        " or a digest of the note or address); the channel's updates hold the order for"
+        " this reason again only once it differs."
+    )
+    by: str = Field(description="Who released it: the cause, e.g. `api:<key id>`.")
+    at: datetime
+
+
 class _OrderFields(BaseModel):
     id: str
     channel_id: str
@@ -236,6 +247,11 @@ class _OrderFields(BaseModel):
     payment_status: PaymentStatus
     hold_reasons: list[HoldReason]
     held_from: OrderStatus | None
+    released_holds: list[HoldReleaseOut] = Field(
+        default_factory=list,
+        description="Hold reasons a person released, one entry per reason; absent until"
+        " there is one.",
+    )
     currency: str
     totals: TotalsOut
     lines: list[LineOut]

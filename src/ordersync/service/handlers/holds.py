@@ -11,6 +11,12 @@ each order's buyer fingerprints are recorded in the same unit of work and counte
 indexed query) only when new to the order, and a billing/shipping country mismatch only
 when the order is created or its addresses change. So a person's release is not undone
 by the channel's next update of the order (a payment, a fulfilment).
+
+The rules that release themselves would fire again on that update (the amount, the note,
+the incomplete address are still there): the order remembers what a person released and
+the fact its rule judged then (`Order.released_holds`, kept in the order's document), and
+the audit holds it for that reason again only once the fact changed: another total above
+the threshold, another note, another shipping address (`holds.still_released`).
 """
 
 from __future__ import annotations
