@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -20,6 +21,7 @@ from ordersync.adapters.db.database import Database
 from ordersync.adapters.db.inventory import (
     SqlInventoryStore,
     SqlStockRepository,
+    StaleStock,
     StockCarry,
     sql_carrying,
 )
@@ -29,6 +31,7 @@ from ordersync.domain.inventory import InventoryPolicy, Location, LocationKind
 from ordersync.service.handlers.inventory import preload_stock, reserve_stock
 from ordersync.service.inventory import InventoryService
 from ordersync.service.outbox import EventRouter
+from ordersync.service.pipeline import Turn
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -163,4 +166,111 @@ async def test_a_carried_state_is_only_trusted_while_the_row_keeps_its_version(
         await second.rollback()
         assert await _counts(db) == (4, 0, 0, 0)
     finally:
+        await db.dispose()
+
+
+async def _lock_waiters(db: Database) -> int:
+    async with db.read() as conn:
+        return int(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
+                )
+            ).scalar_one()
+        )
+
+
+async def _write_uncommitted(db: Database, cart: str) -> tuple[SqlUnitOfWork, StockCarry]:
+    """Batch 1, by hand: decided and written (its row locks held), not committed yet."""
+    first = _uow(db)
+    cmd = sc.ReserveStock(cart, ((SKU, 1),), _now())
+    await preload_stock([cmd], first)
+    await reserve_stock(cmd, first)
+    assert isinstance(first.stock, SqlStockRepository)
+    carry = first.stock.carry_over(1)
+    conn = await first._c.get()
+    await first.stock.flush(conn, 0)
+    return first, carry
+
+
+async def _second_in_turn(db: Database, carry: StockCarry) -> tuple[asyncio.Task[None], Any]:
+    """Batch 2 from batch 1's carry, committing in its turn: batch 1 has written (so its
+    write may go now) but not committed."""
+    second = _uow(db, carry)
+    cmd = sc.ReserveStock("cart-2", ((SKU, 1),), _now())
+    await preload_stock([cmd], second)
+    await reserve_stock(cmd, second)
+    first_done = asyncio.get_running_loop().create_future()
+    before = asyncio.ensure_future(first_done)
+    written, committed = asyncio.Event(), asyncio.Event()
+    written.set()
+    turn = Turn(before, written, committed, asyncio.Event())  # type: ignore[arg-type]
+    task = asyncio.create_task(second.commit(turn))
+    while await _lock_waiters(db) == 0:  # its write waits for batch 1's row lock
+        assert not task.done(), task.exception()
+        await asyncio.sleep(0.01)
+    return task, (before, second)
+
+
+async def test_a_batch_written_while_the_previous_one_commits_is_applied_not_redone(
+    database_url: str,
+) -> None:
+    """The pipelined write goes out before the previous batch's COMMIT returned: it waits
+    on the row lock, and the guard is checked on the row that batch committed."""
+    db = await _database(database_url, on_hand=5)
+    try:
+        first, carry = await _write_uncommitted(db, "cart-1")
+        task, (before, _) = await _second_in_turn(db, carry)
+        await first.commit()  # releases the lock: batch 2's guard now holds
+        await task
+        before.cancel()
+        assert await _counts(db) == (5, 2, 2, 2)
+    finally:
+        await db.dispose()
+
+
+async def test_a_batch_written_behind_one_that_rolls_back_writes_nothing(
+    database_url: str,
+) -> None:
+    db = await _database(database_url, on_hand=5)
+    try:
+        first, carry = await _write_uncommitted(db, "cart-1")
+        task, (before, second) = await _second_in_turn(db, carry)
+        await first.rollback()  # batch 1 never commits: batch 2's carry is wrong
+        with pytest.raises(StaleStock, match="changed under this batch"):
+            await task
+        await second.rollback()
+        before.cancel()
+        assert await _counts(db) == (5, 0, 0, 0)
+    finally:
+        await db.dispose()
+
+
+async def test_a_steady_rush_through_the_pipelined_writer_redoes_no_batch(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a row changed behind the writer's back makes it redo a batch: its own batches,
+    written while their predecessors commit, always find the row as they expect."""
+    db = await _database(database_url, on_hand=10_000)
+    service = _service(db, pipelined=True)
+    await service.start(sweep=False)
+    try:
+        with caplog.at_level(logging.INFO, logger="ordersync.service.pipeline"):
+
+            async def buyer(b: int) -> int:
+                got = 0
+                for k in range(12):
+                    cmd = sc.ReserveStock(f"b{b}-{k}", ((SKU, 1),), _now())
+                    got += (await service.handle(cmd)).reserved
+                return got
+
+            got = await asyncio.gather(*(buyer(b) for b in range(256)))
+        assert sum(got) == 256 * 12
+        assert "redone" not in caplog.text
+        assert await _counts(db) == (10_000, 3072, 3072, 3072)
+    finally:
+        await service.stop()
         await db.dispose()

@@ -14,6 +14,11 @@ What keeps that safe:
   in order, from locked rows, the way `MessageBus` retries a failing batch;
 - commits finish in batch order (each waits for the row lock its predecessor holds), and
   results are handed out in that order, each only after its own commit;
+- a batch's statements are built (in Python) while its predecessor is still in flight; a
+  storage adapter that knows its writes (`Carrying.commit`) sends them as soon as the
+  predecessor's guarded write has returned, i.e. holds the row lock, so this batch's write
+  queues on that lock while the predecessor's COMMIT (the WAL flush) runs, and PostgreSQL
+  re-checks the guard on the committed row once it gets the lock (`Turn`);
 - a carried-over state is only used for batches of `eligible` commands (reservations):
   any other command first lets every batch in flight finish, then runs as usual.
 
@@ -26,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +55,58 @@ CarryOf = Callable[[UnitOfWork, int], Any]
 CarryPrune = Callable[[Any, int], Any]
 
 
+class Turn:
+    """A pipelined batch's place in line, handed to `Carrying.commit`.
+
+    `wait(committed=False)`: returns once the previous batch's guarded write has returned
+    (it holds the row locks, so a write sent now queues behind it and is checked against
+    what it commits) or the previous batch ended. `wait(committed=True)`: once it
+    committed (or ended): for writes that must *see* its rows, e.g. an UPDATE of a row it
+    inserted. `written()`: this batch's guarded write has returned. `waited`: `wait` was
+    called (a hook that wrote nothing waits before its COMMIT all the same)."""
+
+    __slots__ = ("_before", "_before_committed", "_before_written", "_written", "waited")
+
+    def __init__(
+        self,
+        before: asyncio.Task[bool] | None,
+        before_written: asyncio.Event | None,
+        before_committed: asyncio.Event | None,
+        written: asyncio.Event,
+    ) -> None:
+        self._before = before
+        self._before_written = before_written
+        self._before_committed = before_committed
+        self._written = written
+        self.waited = False
+
+    async def wait(self, *, committed: bool) -> None:
+        self.waited = True
+        event = self._before_committed if committed else self._before_written
+        if self._before is None or event is None or event.is_set() or self._before.done():
+            return
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiter, self._before}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    def written(self) -> None:
+        self._written.set()
+
+
+async def commit_in_turn(uow: UnitOfWork, turn: Turn) -> None:
+    """`Carrying.commit` for a unit of work that cannot say when its write is done: it
+    writes and commits only once the previous batch committed."""
+    await turn.wait(committed=True)
+    await uow.commit()
+    turn.written()
+
+
+# (unit of work, its turn) -> write and commit, calling `turn.wait` before the first write
+CommitHook = Callable[[UnitOfWork, Turn], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class Carrying:
     """How a storage adapter carries state from one batch to the next (see module doc)."""
@@ -58,6 +115,7 @@ class Carrying:
     carry_of: CarryOf
     prune: CarryPrune
     depth: int = 2  # batches in flight at once, the one being decided included
+    commit: CommitHook = commit_in_turn
 
 
 @dataclass(slots=True)
@@ -69,6 +127,7 @@ class _Lane:
     plain: int = 0  # batches to run from locked rows before carrying again (after a void one)
     inflight: deque[asyncio.Task[bool]] = field(default_factory=deque)
     committed_event: asyncio.Event | None = None  # set when the last batch's COMMIT returned
+    written_event: asyncio.Event | None = None  # set when the last batch's write returned
 
     def reap(self) -> None:
         while self.inflight and self.inflight[0].done():
@@ -78,7 +137,8 @@ class _Lane:
         if self.inflight:
             await asyncio.wait(list(self.inflight))
         self.inflight.clear()
-        self.carry, self.broken, self.committed_event = None, False, None
+        self.carry, self.broken = None, False
+        self.committed_event = self.written_event = None
 
 
 class PipelinedBus(MessageBus):
@@ -98,6 +158,7 @@ class PipelinedBus(MessageBus):
         self._carry_prune = carrying.prune
         self._eligible = eligible
         self._depth = carrying.depth
+        self._commit = carrying.commit
 
     async def _writer(self, queue: asyncio.Queue[_Item]) -> None:
         lane = _Lane()
@@ -169,16 +230,17 @@ class PipelinedBus(MessageBus):
                     queue.task_done()
             return
         before = lane.inflight[-1] if lane.inflight else None
-        committed = asyncio.Event()
+        committed, written = asyncio.Event(), asyncio.Event()
+        turn = Turn(before, lane.written_event, lane.committed_event, written)
         lane.inflight.append(
             asyncio.create_task(
                 self._finish(
-                    uow, batch, outcomes, before, lane.committed_event, committed, lane, seq, queue
+                    uow, batch, outcomes, before, turn, committed, written, lane, seq, queue
                 ),
                 name=f"bus-commit-{seq}",
             )
         )
-        lane.committed_event = committed
+        lane.committed_event, lane.written_event = committed, written
 
     async def _finish(
         self,
@@ -186,8 +248,9 @@ class PipelinedBus(MessageBus):
         batch: list[_Item],
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
         before: asyncio.Task[bool] | None,
-        before_committed: asyncio.Event | None,
+        turn: Turn,
         committed: asyncio.Event,
+        written: asyncio.Event,
         lane: _Lane,
         seq: int,
         queue: asyncio.Queue[_Item],
@@ -200,20 +263,18 @@ class PipelinedBus(MessageBus):
         try:
             failure: BaseException | None = None
             try:
-                # Written only once the previous batch's COMMIT returned: the guarded UPDATE
-                # reads the row in the statement's snapshot, and a row still showing the
-                # state before that batch fails the guard (a needless redo). The decision,
-                # the Python half of the work, is what overlaps the previous commit.
-                if before_committed is not None and before is not None:
-                    waiter = asyncio.ensure_future(before_committed.wait())
-                    await asyncio.wait({waiter, before}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                await uow.commit()
+                # Not written before the previous batch's guarded write returned: a write
+                # sent earlier could take the row first, read the state before that batch
+                # and fail the guard (a needless redo). The hook builds the statements
+                # first, so they and the decision overlap the previous batch's write and
+                # COMMIT; the write then queues on the row lock (Turn).
+                await self._commit(uow, turn)
             except Exception as e:
                 failure = e
                 lane.broken = True  # batches built on this one are void: none reuse it
                 await uow.rollback()
             finally:
+                written.set()
                 committed.set()
             if before is not None:  # answers and redos go out in batch order
                 await asyncio.wait({before})

@@ -37,7 +37,7 @@ from ordersync.domain.inventory import (
 )
 from ordersync.ids import encode
 from ordersync.service.outbox import EventRouter, OutboxEntry
-from ordersync.service.pipeline import Carrying
+from ordersync.service.pipeline import Carrying, Turn
 from ordersync.service.unit_of_work import StockRepository, StoredResponse
 
 if TYPE_CHECKING:
@@ -392,11 +392,30 @@ class SqlStockRepository(StockRepository):
     def feed_put(self, source: str, message_id: str, response: StoredResponse) -> None:
         self._feed[(source, message_id)] = response
 
-    async def flush(self, conn: AsyncConnection, now_us: int) -> list[OutboxEntry]:
+    async def flush(
+        self, conn: AsyncConnection, now_us: int, turn: Turn | None = None
+    ) -> list[OutboxEntry]:
         """Write what changed; returns the stock events for the unit of work's outbox
         that someone subscribes to (the unit of work writes those with their deliveries;
-        the others are recorded here)."""
+        the others are recorded here).
+
+        `turn` (a pipelined batch, ADR 10): a batch of new holds only (stock rows, new
+        reservations, ledger, events, markers) builds its statement first and sends it
+        once the previous batch's guarded write returned: the UPDATE then waits for that
+        batch's row lock and PostgreSQL re-checks the guard against what it committed.
+        Anything else (a reservation or routing row updated, a new stock row, a feed)
+        waits for the previous batch's COMMIT first, since it may touch rows only that
+        COMMIT makes visible."""
         inv = self.inventory
+        if turn is not None and (
+            inv.dirty_reservations
+            or inv.new_levels
+            or inv.new_decisions
+            or inv.new_assigned
+            or self._feed
+            or self._fed
+        ):
+            await turn.wait(committed=True)
         ledger, events = inv.take_changes()
         pg = not self._c.db.is_sqlite
         await routing_store.flush(conn, inv)  # routing decisions commit with their holds
@@ -524,7 +543,9 @@ class SqlStockRepository(StockRepository):
                 event_rows.append((event_id, kind, key, _event_body(e, stamp)))
 
         if pg:
-            await self._write_pg(conn, now_us, dirty, changed, res_rows, ledger_rows, event_rows)
+            await self._write_pg(
+                conn, now_us, dirty, changed, res_rows, ledger_rows, event_rows, turn
+            )
             return routed
         await self._insert(conn, "reservations", _RES_TYPES, res_rows)
         await self._insert(conn, "stock_ledger", _LEDGER_TYPES, ledger_rows)
@@ -545,15 +566,44 @@ class SqlStockRepository(StockRepository):
         res_rows: list[tuple[Any, ...]],
         ledger_rows: list[tuple[Any, ...]],
         event_rows: list[tuple[str, str, str, bytes]],
+        turn: Turn | None = None,
     ) -> None:
         """The stock rows, "stock changed" markers, reservations, ledger and unrouted
-        events of a batch: one statement (data-modifying CTEs), one round trip."""
+        events of a batch: one statement (data-modifying CTEs), one round trip; in a
+        `turn` (see `flush`) built first and sent once the previous batch has written. (Its
+        inserts as a statement of their own, sent before that wait, measured no faster:
+        the extra round trip costs what the overlap saves.)"""
+        pg = await self._pg(conn)
         args = _Args()
+        stock = self._pg_stock(args, now_us, dirty, changed, locked=turn is None)
+        inserts = _pg_inserts(args, now_us, res_rows, ledger_rows, event_rows)
+        if not (stock or inserts):
+            return
+        sql = _with([*stock, *inserts], dirty, lock=turn is not None and bool(dirty))
+        if turn is not None:
+            await turn.wait(committed=False)
+        written = await pg.fetchval(sql, *args.values)
+        if written != len(dirty):
+            raise StaleStock(f"{len(dirty) - written} stock row(s) changed under this batch")
+        for lv in dirty:  # the next write in this transaction starts from these
+            self._expect[(lv.sku, lv.location_id)] = (lv.version, lv.on_hand, lv.reserved)
+
+    def _pg_stock(
+        self, args: _Args, now_us: int, dirty: list[StockLevel], changed: list[str], *, locked: bool
+    ) -> list[str]:
+        """The guarded stock UPDATE (first: `w0`, counted) and the markers' upsert.
+
+        Guarded by the row this batch started from (version, on_hand, reserved): under the
+        row lock it always holds; from a carried-over state only once the previous batch
+        committed exactly what this one assumed. `locked=False` (a pipelined batch, sent
+        while the previous one may still be committing): the CTE `g` locks the rows,
+        waiting for that COMMIT, and (READ COMMITTED) returns them as committed; the guard
+        is checked on those. A guard on `s` itself would be checked on the statement's
+        snapshot, before the wait, and miss every time."""
         parts: list[str] = []
-        cols: list[tuple[list[Any], str]]
         if dirty:
             expect = self._expect
-            cols = [
+            cols: list[tuple[list[Any], str]] = [
                 ([lv.sku for lv in dirty], "text"),
                 ([lv.location_id for lv in dirty], "text"),
                 ([lv.on_hand for lv in dirty], "bigint"),
@@ -564,18 +614,27 @@ class SqlStockRepository(StockRepository):
                 ([expect[(lv.sku, lv.location_id)][1] for lv in dirty], "bigint"),
                 ([expect[(lv.sku, lv.location_id)][2] for lv in dirty], "bigint"),
             ]
-            # Guarded by the row this batch started from (version, on_hand, reserved): under
-            # the row lock it always holds; from a carried-over state only once the previous
-            # batch committed exactly what this one assumed.
+            if locked:
+                guard, join = "s", ""
+            else:
+                guard = "g"
+                join = " AND g.sku = v.sku AND g.location_id = v.loc"
+                skus = sorted({lv.sku for lv in dirty})
+                parts.append(
+                    "SELECT sku, location_id, version, on_hand, reserved FROM stock"  # noqa: S608 - constants
+                    f" WHERE sku = ANY(CAST((SELECT {args.array(skus, 'text')}) AS text[]))"
+                    " ORDER BY sku, location_id FOR UPDATE"
+                )
             parts.append(
                 "UPDATE stock AS s SET on_hand = v.on_hand, reserved = v.reserved,"  # noqa: S608 - constants
                 " safety_stock = v.safety, version = v.version,"
                 f" updated_us = {args.scalar(now_us, 'bigint')}"
                 f" FROM {args.unnest(cols)}"
                 " AS v(sku, loc, on_hand, reserved, safety, version, was, was_on_hand,"
-                " was_reserved) WHERE s.sku = v.sku AND s.location_id = v.loc"
-                " AND s.version = v.was AND s.on_hand = v.was_on_hand"
-                " AND s.reserved = v.was_reserved"
+                f" was_reserved){'' if locked else ', g'}"
+                f" WHERE s.sku = v.sku AND s.location_id = v.loc{join}"
+                f" AND {guard}.version = v.was AND {guard}.on_hand = v.was_on_hand"
+                f" AND {guard}.reserved = v.was_reserved"
                 " RETURNING 1"
             )
         if changed:
@@ -585,38 +644,7 @@ class SqlStockRepository(StockRepository):
                 " AS v(sku) ON CONFLICT (sku) DO UPDATE SET seq = stock_dirty.seq + 1,"
                 " changed_us = excluded.changed_us"
             )
-        for table, types, rows in (
-            ("reservations", _RES_TYPES, res_rows),
-            ("stock_ledger", _LEDGER_TYPES, ledger_rows),
-        ):
-            if rows:
-                cols = [([row[i] for row in rows], t) for i, (_, t) in enumerate(types)]
-                names = ", ".join(name for name, _ in types)
-                unnest = args.unnest(cols)
-                parts.append(f"INSERT INTO {table} ({names}) SELECT * FROM {unnest}")  # noqa: S608
-        if event_rows:
-            now = args.scalar(now_us, "bigint")
-            cols = [
-                ([r[0] for r in event_rows], "text"),
-                ([r[1] for r in event_rows], "text"),
-                ([r[2] for r in event_rows], "text"),
-                ([r[3].decode() for r in event_rows], "text"),  # JSON: UTF-8 text
-            ]
-            parts.append(
-                "INSERT INTO events (id, type, order_id, order_version, created_us, body,"  # noqa: S608 - constants
-                f" published_us) SELECT v.id, v.type, v.order_id, 0, {now},"
-                f" convert_to(v.body, 'UTF8'), {now} FROM {args.unnest(cols)}"
-                " AS v(id, type, order_id, body)"
-            )
-        if not parts:
-            return
-        tail = " SELECT (SELECT count(*) FROM w0)" if dirty else " SELECT 0"
-        sql = "WITH " + ", ".join(f"w{i} AS ({p})" for i, p in enumerate(parts)) + tail
-        written = await (await self._pg(conn)).fetchval(sql, *args.values)
-        if written != len(dirty):
-            raise StaleStock(f"{len(dirty) - written} stock row(s) changed under this batch")
-        for lv in dirty:  # the next write in this transaction starts from these
-            self._expect[(lv.sku, lv.location_id)] = (lv.version, lv.on_hand, lv.reserved)
+        return parts
 
     async def _signal_changes(
         self, conn: AsyncConnection, now_us: int, events: list[StockEvent], *, markers: bool
@@ -677,6 +705,53 @@ class SqlStockRepository(StockRepository):
             f"INSERT INTO {table} ({cols}) VALUES ({marks})",  # noqa: S608 - constants
             rows,
         )
+
+
+def _pg_inserts(
+    args: _Args,
+    now_us: int,
+    res_rows: list[tuple[Any, ...]],
+    ledger_rows: list[tuple[Any, ...]],
+    event_rows: list[tuple[str, str, str, bytes]],
+) -> list[str]:
+    """A batch's new reservations, ledger entries and unrouted events, as CTE parts."""
+    parts: list[str] = []
+    for table, types, rows in (
+        ("reservations", _RES_TYPES, res_rows),
+        ("stock_ledger", _LEDGER_TYPES, ledger_rows),
+    ):
+        if rows:
+            cols = [([row[i] for row in rows], t) for i, (_, t) in enumerate(types)]
+            names = ", ".join(name for name, _ in types)
+            unnest = args.unnest(cols)
+            parts.append(f"INSERT INTO {table} ({names}) SELECT * FROM {unnest}")  # noqa: S608
+    if event_rows:
+        now = args.scalar(now_us, "bigint")
+        cols = [
+            ([r[0] for r in event_rows], "text"),
+            ([r[1] for r in event_rows], "text"),
+            ([r[2] for r in event_rows], "text"),
+            ([r[3].decode() for r in event_rows], "text"),  # JSON: UTF-8 text
+        ]
+        parts.append(
+            "INSERT INTO events (id, type, order_id, order_version, created_us, body,"  # noqa: S608 - constants
+            f" published_us) SELECT v.id, v.type, v.order_id, 0, {now},"
+            f" convert_to(v.body, 'UTF8'), {now} FROM {args.unnest(cols)}"
+            " AS v(id, type, order_id, body)"
+        )
+    return parts
+
+
+def _with(parts: list[str], dirty: list[StockLevel], *, lock: bool = False) -> str:
+    """One statement of data-modifying CTEs; it returns how many stock rows the guarded
+    UPDATE wrote (0 without one). `lock`: the first part is the row lock `g`, the UPDATE
+    the second."""
+    names = [f"w{i}" for i in range(len(parts))]
+    if lock:
+        names[0] = "g"
+    counted = names[1] if lock else names[0]
+    tail = f" SELECT (SELECT count(*) FROM {counted})" if dirty else " SELECT 0"  # noqa: S608
+    return "WITH " + ", ".join(f"{n} AS ({p})" for n, p in zip(names, parts, strict=True)) + tail
 
 
 def _event_ids(n: int) -> list[str]:
@@ -824,4 +899,8 @@ def sql_carrying(factory: Callable[[StockCarry | None], SqlUnitOfWork]) -> Carry
     def prune(carry: StockCarry, committed: int) -> StockCarry:
         return carry.visible_after(committed)
 
-    return Carrying(factory, carry_of, prune)
+    async def commit(uow: Any, turn: Turn) -> None:
+        sql_uow: SqlUnitOfWork = uow
+        await sql_uow.commit(turn)
+
+    return Carrying(factory, carry_of, prune, commit=commit)

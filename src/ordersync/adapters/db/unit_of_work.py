@@ -20,6 +20,7 @@ from ordersync.domain.codec import order_from_dict
 from ordersync.domain.inventory import InventoryPolicy
 from ordersync.domain.orders import Order
 from ordersync.service.outbox import EventRouter, OutboxEntry
+from ordersync.service.pipeline import Turn
 from ordersync.service.unit_of_work import (
     BufferedOrderRepository,
     IdempotencyStore,
@@ -185,14 +186,22 @@ class SqlUnitOfWork(UnitOfWork):
         # Deliveries created by the last commit, per destination (wakes the dispatcher).
         self.committed_destinations: set[str] = set()
 
-    async def commit(self) -> None:
+    async def commit(self, turn: Turn | None = None) -> None:
+        """`turn`: a pipelined stock batch's place in line (ADR 10): nothing is written
+        before the previous batch's guarded write returned (see `SqlStockRepository.flush`)."""
         conn = await self._c.get()
         now_us = to_us(utcnow())
+        if turn is not None and self._orders_buffered():
+            await turn.wait(committed=True)
         await _flush(conn, self, now_us, self._relay)
         outbox = self.orders.outbox
         if self.stock is not None:
             # Stock changes and their events commit with the orders that caused them.
-            stock_events = await self.stock.flush(conn, now_us)
+            stock_events = await self.stock.flush(conn, now_us, turn)
+            if turn is not None:
+                if not turn.waited:  # nothing written: still commit in line
+                    await turn.wait(committed=True)
+                turn.written()
             if stock_events:
                 await _flush_outbox(conn, stock_events, now_us, self._relay)
                 outbox = outbox + stock_events
@@ -204,6 +213,17 @@ class SqlUnitOfWork(UnitOfWork):
 
     async def rollback(self) -> None:
         await self._c.close(commit=False)
+
+    def _orders_buffered(self) -> bool:
+        o = self.orders
+        return bool(
+            o.new
+            or o.dirty
+            or o.history
+            or o.outbox
+            or self.inbox.records
+            or self.idempotency.pending
+        )
 
 
 def _order_row(o: Order, doc: dict[str, Any]) -> dict[str, Any]:
