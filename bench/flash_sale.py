@@ -6,11 +6,15 @@ For each database and each number of concurrent buyers, runs on a fresh database
 
 - `batched`: the hub's `InventoryService` as configured by default (one writer per SKU,
   every reservation queued while the previous transaction committed goes into the next
-  one: ADR 6). Each
-  reservation writes its stock change, a `reservations` row, a ledger row and a
-  `stock.reserved` outbox event.
+  one: ADR 6). Each reservation writes its stock change, a `reservations` row and a
+  ledger row; its `stock.reserved` event has no subscriber here, so it is not stored.
 - `pipelined` (PostgreSQL): the same writer with `inventory.pipeline` on (ADR 10): the
   next batch is decided from the state the last one left while that one commits.
+- `recorded`: `batched`, also storing each `stock.reserved` event though no destination
+  subscribes (`inventory.record_unrouted_events: true`; the default drops them, the ledger
+  row is their record).
+- `subscribed`: `batched` with a destination subscribed to `stock.reserved`: each hold also
+  writes its outbox event and a delivery row (the dispatcher is not running).
 - `naive`: what most code does: one transaction per reservation with a conditional
   `UPDATE stock SET reserved = reserved + 1 WHERE ... AND on_hand - reserved >= 1`,
   plus the same `reservations` and ledger rows (no outbox event: it does less).
@@ -55,7 +59,7 @@ from bench.common import (
 )
 from ordersync.adapters.db import migrate
 from ordersync.adapters.db.database import Database
-from ordersync.adapters.db.inventory import SqlInventoryStore, sql_carrying
+from ordersync.adapters.db.inventory import SqlInventoryStore, StockCarry, sql_carrying
 from ordersync.adapters.db.unit_of_work import SqlUnitOfWork
 from ordersync.clock import to_us, utcnow
 from ordersync.domain.inventory import InventoryPolicy, Location, LocationKind
@@ -107,19 +111,32 @@ async def _drive(buyers: int, seconds: float, reserve: Reserve) -> tuple[int, in
 
 
 async def _batched(
-    db: Database, buyers: int, seconds: float, *, pipeline: bool = False
+    db: Database,
+    buyers: int,
+    seconds: float,
+    *,
+    pipeline: bool = False,
+    record: bool = False,
+    subscribed: bool = False,
 ) -> tuple[int, int, list[float]]:
     policy = InventoryPolicy({LOCATION: Location(LOCATION, LocationKind.WAREHOUSE, "eu", 1)})
-    router = EventRouter([])
+    # `subscribed`: a WMS takes stock.reserved (an outbox event and a delivery per hold;
+    # nothing sends them here, the dispatcher is not running).
+    router = EventRouter([("wms", ["stock.reserved"])] if subscribed else [])
+
+    def uow(carry: StockCarry | None = None) -> SqlUnitOfWork:
+        u = SqlUnitOfWork(db, router, inventory=policy, stock_carry=carry)
+        assert u.stock is not None
+        u.stock.record_unrouted_events = record  # `inventory.record_unrouted_events`
+        return u
+
     service = InventoryService(
         policy,
-        lambda: SqlUnitOfWork(db, router, inventory=policy),
+        uow,
         SqlInventoryStore(db),
         writers=1 if db.is_sqlite else 8,
         max_batch=512,
-        carrying=None
-        if db.is_sqlite or not pipeline
-        else sql_carrying(lambda c: SqlUnitOfWork(db, router, inventory=policy, stock_carry=c)),
+        carrying=None if db.is_sqlite or not pipeline else sql_carrying(uow),
     )
     await service.start(sweep=False)
     try:
@@ -136,6 +153,17 @@ async def _batched(
 async def _pipelined(db: Database, buyers: int, seconds: float) -> tuple[int, int, list[float]]:
     """The batched writer with ADR 10's pipeline (`inventory.pipeline: true`)."""
     return await _batched(db, buyers, seconds, pipeline=True)
+
+
+async def _recorded(db: Database, buyers: int, seconds: float) -> tuple[int, int, list[float]]:
+    """The batched writer storing stock.reserved though nobody subscribes
+    (`inventory.record_unrouted_events: true`, the behaviour before 2026-11-29 (4th))."""
+    return await _batched(db, buyers, seconds, record=True)
+
+
+async def _subscribed(db: Database, buyers: int, seconds: float) -> tuple[int, int, list[float]]:
+    """The batched writer with a destination subscribed to stock.reserved."""
+    return await _batched(db, buyers, seconds, subscribed=True)
 
 
 async def _naive(db: Database, buyers: int, seconds: float) -> tuple[int, int, list[float]]:
@@ -231,7 +259,13 @@ async def _one(kind: str, mode: str, buyers: int, seconds: float) -> dict[str, A
         pg_name, url = create_pg_database(f"flash_{mode}")
     db = await _prepare(url)
     try:
-        run = {"batched": _batched, "pipelined": _pipelined, "naive": _naive}[mode]
+        run = {
+            "batched": _batched,
+            "pipelined": _pipelined,
+            "recorded": _recorded,
+            "subscribed": _subscribed,
+            "naive": _naive,
+        }[mode]
         backends = _Backends(db) if kind == "postgresql" else None
         stop = asyncio.Event()
         poller = asyncio.create_task(backends.run(stop)) if backends else None
@@ -272,7 +306,8 @@ async def _one(kind: str, mode: str, buyers: int, seconds: float) -> dict[str, A
 
 def _modes(kind: str) -> tuple[str, ...]:
     """`pipelined`: ADR 10's option, PostgreSQL only (SQLite's writer is never pipelined)."""
-    return ("naive", "batched", "pipelined") if kind == "postgresql" else ("naive", "batched")
+    more = ("pipelined",) if kind == "postgresql" else ()
+    return ("naive", "batched", *more, "recorded", "subscribed")
 
 
 async def main(argv: list[str] | None = None) -> None:
@@ -303,6 +338,7 @@ async def main(argv: list[str] | None = None) -> None:
                 for m in _modes(kind)
             }
             naive, batched, piped = cell["naive"], cell["batched"], cell.get("pipelined")
+            recorded, subscribed = cell["recorded"], cell["subscribed"]
             table.append(
                 [
                     kind,
@@ -316,6 +352,8 @@ async def main(argv: list[str] | None = None) -> None:
                     batched["pg_us"] if batched["pg_us"] is not None else "-",
                     piped["per_second"] if piped else "-",
                     f"{piped['py_us']} / {piped['pg_us']}" if piped else "-",
+                    recorded["per_second"],
+                    subscribed["per_second"],
                 ]
             )
     text_table = print_table(
@@ -332,6 +370,8 @@ async def main(argv: list[str] | None = None) -> None:
             "batched PG CPU us/res",
             "pipelined/s",
             "pipelined hub / PG CPU us/res",
+            "recorded/s",
+            "subscribed/s",
         ],
         table,
     )

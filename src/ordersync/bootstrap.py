@@ -419,6 +419,7 @@ def build_hub(settings: Settings, role: Role | None = None) -> Hub:
         u.holds = holds
         if u.stock is not None:
             u.stock.low_stock_threshold = settings.inventory.low_stock_threshold
+            u.stock.record_unrouted_events = settings.inventory.record_unrouted_events
         return u
 
     bus = MessageBus(

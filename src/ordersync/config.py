@@ -580,6 +580,11 @@ class InventoryConfig(_Model):
     # inventory.low fires when a SKU's available across all locations falls to or below
     # this (once per crossing). None: per location, when available reaches its safety stock.
     low_stock_threshold: int | None = Field(default=None, ge=0)
+    # Stock events (stock.reserved, stock.released, stock.shortage, inventory.low) that no
+    # destination subscribes to are not stored: the ledger records every movement, and an
+    # outbox row nobody delivers is a third of a flash-sale reservation's write. True:
+    # store them in `events` all the same (an event log to query in SQL).
+    record_unrouted_events: bool = False
     publish_poll_interval: float = Field(default=0.5, gt=0)  # seconds; stock changes -> channels
 
 

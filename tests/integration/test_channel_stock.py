@@ -380,7 +380,7 @@ async def test_inventory_low_fires_once_per_crossing_of_the_threshold(
 ) -> None:
     """Threshold 3 across all locations: 5 -> 4 -> 3 (alert) -> 2 (quiet); back to 5, then
     down to 3 again (a second alert)."""
-    t = await open_teahouse(low_stock_threshold=3)
+    t = await open_teahouse(low_stock_threshold=3, record_unrouted_events=True)
     await count(t.wms, "berlin-dc", 3, "wms-low-1")
     await count(t.wms, "paris-store", 2, "wms-low-2")
 

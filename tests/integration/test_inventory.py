@@ -5,6 +5,7 @@ never overselling when hundreds of buyers race for the last units."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 import sys
 from collections import Counter
@@ -36,10 +37,13 @@ FLASH_SKU = "FLASH-TEAPOT"
 BUYERS, UNITS = 256, 100
 
 
-def inventory_settings(database_url: str, **inventory: Any) -> Settings:
+def inventory_settings(
+    database_url: str, *, destinations: list[dict[str, Any]] | None = None, **inventory: Any
+) -> Settings:
     return settings_from_mapping(
         {
             "database_url": database_url,
+            "destinations": destinations or [],
             "channels": [{"id": "shop-eu", "kind": "shopify", "secret": SHOP_SECRET}],
             "api_keys": [
                 {
@@ -75,8 +79,12 @@ def open_stockroom(
 ) -> Callable[..., Awaitable[Stockroom]]:
     """`await open_stockroom(**inventory_settings)`: start a hub on this test's database."""
 
-    async def start(**inventory: Any) -> Stockroom:
-        hub = await start_hub(inventory_settings(database_url, **inventory))
+    async def start(
+        *, destinations: list[dict[str, Any]] | None = None, **inventory: Any
+    ) -> Stockroom:
+        hub = await start_hub(
+            inventory_settings(database_url, destinations=destinations, **inventory)
+        )
         return Stockroom(hub, client_for(hub, WMS_KEY), client_for(hub, SHOP_KEY))
 
     return start
@@ -252,7 +260,7 @@ async def test_256_buyers_racing_for_100_units_through_the_order_api_get_exactly
     open_stockroom: Opener, query: Query
 ) -> None:
     """Every order is accepted; exactly 100 hold a unit, the rest wait on a stock hold."""
-    room = await open_stockroom()
+    room = await open_stockroom(record_unrouted_events=True)  # to count them in `events`
     await put_stock(room.wms, UNITS)
 
     responses = await asyncio.gather(
@@ -641,3 +649,38 @@ async def test_256_buyers_with_the_hub_killed_mid_race_and_restarted_get_exactly
     assert [tuple(r) for r in stock] == [(UNITS, UNITS)]
     assert [tuple(r) for r in holds] == [(UNITS, UNITS)]
     assert [tuple(int(v) for v in r) for r in ledger] == [(UNITS, UNITS)]
+
+
+async def test_stock_events_are_stored_for_subscribers_only_and_the_ledger_records_every_one(
+    open_stockroom: Opener, query: Query
+) -> None:
+    """An ERP subscribes to `stock.reserved`: those are stored with a delivery each; the
+    shortage nobody subscribes to is not stored (`record_unrouted_events` off, the
+    default), and the ledger has every movement all the same."""
+    erp = {
+        "id": "erp",
+        "url": "http://127.0.0.1:9/stock",  # nothing listens: deliveries stay pending
+        "secret": "whsec_" + base64.b64encode(b"erp-signing-secret-32-bytes-long").decode(),
+        "events": ["stock.reserved"],
+    }
+    room = await open_stockroom(destinations=[erp])
+    await put_stock(room.wms, 3)
+    for i in range(4):  # the fourth finds nothing left
+        response = await room.shop.post("/v1/orders", json=teapot_order(f"SUB-{i}"))
+        assert response.status_code == 201, response.text
+
+    events = await query(
+        room.hub, "SELECT type, order_id FROM events WHERE type LIKE 'stock.%' ORDER BY seq"
+    )
+    deliveries = await query(
+        room.hub,
+        "SELECT e.type FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+        " WHERE d.destination_id = 'erp'",
+    )
+    ledger = await query(
+        room.hub, "SELECT cause, reserved_delta FROM stock_ledger WHERE reserved_delta <> 0"
+    )
+    assert [t for t, _ in events] == ["stock.reserved"] * 3
+    assert [t for (t,) in deliveries] == ["stock.reserved"] * 3
+    assert sorted(ledger) == [("order", 1)] * 3
+    await ledger_matches_stock(room.hub, query)

@@ -10,8 +10,6 @@ that the database rolls back: nothing half-reserved survives.
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +33,7 @@ from ordersync.domain.inventory import (
     StockEventType,
     StockLevel,
 )
-from ordersync.ids import encode
+from ordersync.ids import new_id
 from ordersync.service.outbox import EventRouter, OutboxEntry
 from ordersync.service.pipeline import Carrying, Turn
 from ordersync.service.unit_of_work import StockRepository, StoredResponse
@@ -219,6 +217,9 @@ class SqlStockRepository(StockRepository):
     # Set by the hub (bootstrap): inventory.low per SKU across all locations at or below
     # this, instead of per location at its safety stock.
     low_stock_threshold: int | None = None
+    # Set by the hub (`inventory.record_unrouted_events`): store stock events no destination
+    # subscribes to in `events` as well (a record nothing reads; the ledger has each one).
+    record_unrouted_events: bool = False
 
     def __init__(
         self,
@@ -509,38 +510,26 @@ class SqlStockRepository(StockRepository):
             )
             for e in ledger
         ]
-        # Events nobody subscribes to are recorded here; the unit of work writes the
-        # routed ones with their deliveries, as it does for orders.
+        # The unit of work writes the routed events with their deliveries, as it does for
+        # orders. Events nobody subscribes to are dropped (the ledger rows above are the
+        # record of every movement), or, with `record_unrouted_events`, stored here too.
         routed: list[OutboxEntry] = []
         event_rows: list[tuple[str, str, str, bytes]] = []
-        destinations: dict[str, tuple[str, ...]] = {}
-        stamps: dict[datetime, str | None] = {}  # a batch's events share few instants
-        kinds: dict[StockEventType, str] = {}
-        ids = _event_ids(len(events))
-        for e, event_id in zip(events, ids, strict=True):
-            stamp = stamps.get(e.at)
-            if stamp is None:
-                stamp = stamps[e.at] = fmt_time(e.at)
-            kind = kinds.get(e.type)
-            if kind is None:
-                kind = kinds[e.type] = e.type.value
-            dest = destinations.get(kind)
+        destinations: dict[StockEventType, tuple[str, ...]] = {}
+        router, record = self._router, self.record_unrouted_events
+        for e in events:
+            dest = destinations.get(e.type)
             if dest is None:
-                dest = destinations[kind] = tuple(self._router.destinations_for(kind))
+                dest = destinations[e.type] = tuple(router.destinations_for(e.type.value))
+            if not (dest or record):
+                continue
             key = e.order_id or f"sku:{e.sku}"
+            body = _event_body(e, fmt_time(e.at))
+            event_id = new_id("evt")
             if dest:
-                routed.append(
-                    OutboxEntry(
-                        event_id=event_id,
-                        type=kind,
-                        order_id=key,
-                        version=0,
-                        body=_event_body(e, stamp),
-                        destinations=self._router.destinations_for(kind),
-                    )
-                )
+                routed.append(OutboxEntry(event_id, e.type.value, key, 0, body, dest))
             else:
-                event_rows.append((event_id, kind, key, _event_body(e, stamp)))
+                event_rows.append((event_id, e.type.value, key, body))
 
         if pg:
             await self._write_pg(
@@ -752,14 +741,6 @@ def _with(parts: list[str], dirty: list[StockLevel], *, lock: bool = False) -> s
     counted = names[1] if lock else names[0]
     tail = f" SELECT (SELECT count(*) FROM {counted})" if dirty else " SELECT 0"  # noqa: S608
     return "WITH " + ", ".join(f"{n} AS ({p})" for n, p in zip(names, parts, strict=True)) + tail
-
-
-def _event_ids(n: int) -> list[str]:
-    """`n` event ids as `new_id("evt")` makes them (one urandom call for them all)."""
-    if n == 0:
-        return []
-    ms, rnd = time.time_ns() // 1_000_000, os.urandom(10 * n)
-    return [f"evt_{encode(ms, rnd[i : i + 10])}" for i in range(0, 10 * n, 10)]
 
 
 def _event_body(e: StockEvent, timestamp: str | None) -> bytes:
