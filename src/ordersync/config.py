@@ -572,10 +572,11 @@ class InventoryConfig(_Model):
     expiry_interval: float = Field(default=1.0, gt=0)  # seconds between timer sweeps
     writers: int | None = Field(default=None, ge=1, le=64)  # None: 1 on SQLite, 8 otherwise
     max_batch: int = Field(default=512, ge=1, le=10_000)  # reservations per transaction
-    # PostgreSQL: a SKU's writer decides its next batch of reservations while the last one
-    # commits, from the state that one left (a compare-and-swap guards the write: ADR 10).
-    # Off by default: on a 2-core machine with PostgreSQL beside the hub it measured within
-    # noise of the plain writer (BENCHMARKS.md); it is meant for a database across a network.
+    # PostgreSQL: a SKU's writer decides and builds its next batch of reservations while the
+    # last one commits, from the state that one left (a compare-and-swap guards the write:
+    # ADR 10). Off by default: on a 2-core machine with PostgreSQL beside the hub it measured
+    # within noise of the plain writer and costs more CPU (BENCHMARKS.md); it is meant for
+    # a database across a network, where each batch's round trips are worth hiding.
     pipeline: bool = False
     # inventory.low fires when a SKU's available across all locations falls to or below
     # this (once per crossing). None: per location, when available reaches its safety stock.
