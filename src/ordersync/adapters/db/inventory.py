@@ -10,7 +10,7 @@ that the database rolls back: nothing half-reserved survives.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersync.adapters.db import routing as routing_store
 from ordersync.adapters.db.database import Database
+from ordersync.adapters.db.pg_batch import Args, in_transaction
 from ordersync.clock import from_us, to_us
 from ordersync.domain.codec import fmt_time
 from ordersync.domain.inventory import (
@@ -85,12 +86,7 @@ _SELECT_RES = (
 # ledger, the unrouted events and the "stock changed" marker (data-modifying CTEs: one
 # statement, so all or nothing like the rest of the transaction). They go straight to
 # asyncpg inside the unit of work's transaction (SQLAlchemy's per-statement cost is about
-# three times asyncpg's), and each column travels as ONE text parameter (values joined by
-# \x1f, None as \x1e) split by `string_to_array`: asyncpg encodes a text[] element by
-# element through abc isinstance checks, 5x slower for a 256-row batch. A value holding
-# either control character (never in ids, JSON or numbers; conceivable in a SKU) makes
-# that column a typed array instead.
-_SEP, _NUL = "\x1f", "\x1e"
+# three times asyncpg's), each column as one parameter (`pg_batch.Args`).
 # `= ANY(CAST((SELECT <array>) AS text[]))`: the list is split once per statement (an
 # InitPlan), whatever plan the server caches for the prepared statement;
 # `ANY(string_to_array($1, ...))` in a sequential scan's filter would split it for every
@@ -106,68 +102,6 @@ _PG_STOCK = (
     " FROM (SELECT * FROM stock WHERE sku = ANY(CAST((SELECT {a}) AS text[]))"
     " ORDER BY sku, location_id FOR UPDATE) AS s"
 )
-
-
-def _param(values: list[Any]) -> str | list[Any]:
-    """One column as one text parameter, or the list itself when that is not safe."""
-    nulls = values.count(None)
-    try:  # the common cases without a Python-level loop: all text, or all numbers
-        if nulls:
-            joined = _SEP.join(
-                [_NUL if v is None else v if isinstance(v, str) else str(v) for v in values]
-            )
-        elif values and isinstance(values[0], str):
-            joined = _SEP.join(values)
-        else:
-            joined = _SEP.join(map(str, values))
-    except TypeError:  # text and numbers mixed
-        joined = _SEP.join([v if isinstance(v, str) else str(v) for v in values])
-    # string_to_array('') is empty: a lone empty string goes as an array
-    if joined and joined.count(_SEP) == len(values) - 1 and joined.count(_NUL) == nulls:
-        return joined
-    return values
-
-
-def _cast(param: str | list[Any], pg_type: str, n: int) -> str:
-    """The SQL array expression of parameter $n made by `_param`."""
-    if isinstance(param, str):
-        arr = f"string_to_array(${n}, E'\\x1f', E'\\x1e')"
-        return arr if pg_type == "text" else f"CAST({arr} AS {pg_type}[])"
-    return f"CAST(${n} AS {pg_type}[])"
-
-
-class _Args:
-    """Numbered parameters of one statement."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def scalar(self, value: Any, pg_type: str) -> str:
-        self.values.append(value)
-        return f"CAST(${len(self.values)} AS {pg_type})"
-
-    def array(self, values: list[Any], pg_type: str) -> str:
-        self.values.append(_param(values))
-        return _cast(self.values[-1], pg_type, len(self.values))
-
-    def unnest(self, columns: Sequence[tuple[list[Any], str]]) -> str:
-        return "unnest(" + ", ".join(self.array(v, t) for v, t in columns) + ")"
-
-
-async def _pg(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under `conn`, inside the unit of work's transaction.
-
-    SQLAlchemy's asyncpg adapter opens the transaction lazily at its first statement; it
-    is opened here when no statement ran yet. Either way the connection must report a
-    transaction before anything is locked or written: never autocommit a stock change."""
-    fairy = await conn.get_raw_connection()
-    adapted: Any = fairy.dbapi_connection
-    if getattr(adapted, "_transaction", None) is None:
-        await adapted._start_transaction()  # private: SQLAlchemy's asyncpg adapter
-    raw = fairy.driver_connection
-    if raw is None or not raw.is_in_transaction():
-        raise RuntimeError("stock statements must run inside the unit of work's transaction")
-    return raw
 
 
 class StaleStock(Exception):
@@ -266,7 +200,7 @@ class SqlStockRepository(StockRepository):
         while it was small read the whole table for every batch (PostgreSQL CPU per
         reservation 235 µs instead of 74 at 64 buyers). One `SET LOCAL` per batch, for
         this transaction only: the order path keeps its cached plans."""
-        raw = await _pg(conn)
+        raw = await in_transaction(conn)
         if not self._custom_plans:
             await raw.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             self._custom_plans = True
@@ -336,7 +270,7 @@ class SqlStockRepository(StockRepository):
         else:  # one statement, one round trip, whatever the batch size
             pg = await self._pg(conn)
             parts: list[str] = []
-            args = _Args()
+            args = Args()
             if orders:
                 parts.append(_PG_HELD.format(a=args.array(orders, "text")))
             if skus:
@@ -563,7 +497,7 @@ class SqlStockRepository(StockRepository):
         inserts as a statement of their own, sent before that wait, measured no faster:
         the extra round trip costs what the overlap saves.)"""
         pg = await self._pg(conn)
-        args = _Args()
+        args = Args()
         stock = self._pg_stock(args, now_us, dirty, changed, locked=turn is None)
         inserts = _pg_inserts(args, now_us, res_rows, ledger_rows, event_rows)
         if not (stock or inserts):
@@ -578,7 +512,7 @@ class SqlStockRepository(StockRepository):
             self._expect[(lv.sku, lv.location_id)] = (lv.version, lv.on_hand, lv.reserved)
 
     def _pg_stock(
-        self, args: _Args, now_us: int, dirty: list[StockLevel], changed: list[str], *, locked: bool
+        self, args: Args, now_us: int, dirty: list[StockLevel], changed: list[str], *, locked: bool
     ) -> list[str]:
         """The guarded stock UPDATE (first: `w0`, counted) and the markers' upsert.
 
@@ -697,7 +631,7 @@ class SqlStockRepository(StockRepository):
 
 
 def _pg_inserts(
-    args: _Args,
+    args: Args,
     now_us: int,
     res_rows: list[tuple[Any, ...]],
     ledger_rows: list[tuple[Any, ...]],

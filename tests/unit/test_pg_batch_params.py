@@ -1,6 +1,7 @@
 """The PostgreSQL stock path sends each column as one text parameter when that is safe."""
 
-from ordersync.adapters.db.inventory import _cast, _param
+from ordersync.adapters.db.pg_batch import cast as _cast
+from ordersync.adapters.db.pg_batch import param as _param
 
 
 def test_plain_columns_travel_as_one_joined_text() -> None:
