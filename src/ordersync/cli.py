@@ -632,7 +632,9 @@ def route(
 
 
 # ---- stock feeds ---------------------------------------------------------------------
-stock_app = typer.Typer(help="Stock: import WMS/ERP feeds.", no_args_is_help=True)
+stock_app = typer.Typer(
+    help="Stock: import WMS/ERP feeds, check the ledger against the stock.", no_args_is_help=True
+)
 app.add_typer(stock_app, name="stock")
 
 
@@ -726,6 +728,54 @@ def stock_import(
             "stock now",
         )
     if errors:
+        raise typer.Exit(1)
+
+
+@stock_app.command("check")
+def stock_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """Reconcile the stock ledger with the stock table and the held reservations.
+
+    Per (SKU, location): SUM(ledger) against stock on_hand and reserved, and reserved
+    against the held reservations. Exit code 0 when all agree, 1 on any mismatch.
+    """
+    from ordersync.adapters.db.stock_audit import reconcile
+
+    result = _with_db(config, reconcile)
+    found = result.mismatches
+    if json_out:
+        rows = [
+            {
+                "sku": m.sku,
+                "location_id": m.location_id,
+                "on_hand": m.on_hand,
+                "ledger_on_hand": m.ledger_on_hand,
+                "reserved": m.reserved,
+                "ledger_reserved": m.ledger_reserved,
+                "held": m.held,
+                "problems": m.problems,
+            }
+            for m in found
+        ]
+        out = {"rows": result.rows, "agree": not found, "mismatches": rows}
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif found:
+        shown: list[dict[str, Any]] = [
+            {
+                "sku": m.sku,
+                "location": m.location_id,
+                "stock on_hand/reserved": "missing"
+                if m.on_hand is None
+                else f"{m.on_hand}/{m.reserved}",
+                "ledger on_hand/reserved": f"{m.ledger_on_hand}/{m.ledger_reserved}",
+                "held": m.held,
+                "problems": ", ".join(m.problems),
+            }
+            for m in found
+        ]
+        _table(shown, list(shown[0]), f"stock mismatches: {len(found)} of {result.rows} rows")
+    else:
+        console.print(f"ledger, stock and holds agree: {result.rows} rows")
+    if found:
         raise typer.Exit(1)
 
 

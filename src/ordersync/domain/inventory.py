@@ -397,7 +397,9 @@ class Inventory:
         """The reserved goods shipped: they leave on_hand and reserved together."""
         level = self._level(res.sku, res.location_id)
         res.move_to(R.COMMITTED)
-        self._change(level, MovementCause.SHIPMENT, -res.quantity, -res.quantity, at, res.order_id)
+        self._change(
+            level, MovementCause.SHIPMENT, -res.quantity, -res.quantity, at, res.order_id, res.id
+        )
         self._touch(res)
         self.new_events.append(
             StockEvent(

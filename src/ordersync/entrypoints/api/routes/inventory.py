@@ -1,5 +1,6 @@
-"""Inventory API: stock snapshots and deltas from a WMS/ERP, stock per location, and
-reservations held directly (carts, flash sales) through the SKU-sharded writers."""
+"""Inventory API: stock snapshots and deltas from a WMS/ERP, stock per location, its
+ledger (every movement), and reservations held directly (carts, flash sales) through the
+SKU-sharded writers."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import hashlib
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from ordersync.adapters.db import stock_audit
 from ordersync.adapters.db.inventory import SqlInventoryStore
 from ordersync.clock import utcnow
 from ordersync.config import Scope
@@ -271,5 +273,84 @@ async def get_stock(sku: Sku, request: Request, _: Reader) -> Response:
             "reserved": sum(r["reserved"] for r in rows),
             "available": sum(r["available"] for r in rows),
             "locations": rows,
+        }
+    )
+
+
+class LedgerEntryOut(BaseModel):
+    seq: int = Field(description="position in the ledger; pages are keyed by it")
+    location_id: str
+    cause: MovementCause
+    on_hand_delta: int
+    reserved_delta: int
+    reference: str | None = Field(description="what caused it: an order id, a feed id, ...")
+    reservation_id: str | None
+    at: str = Field(description="when it was recorded, RFC 3339 UTC")
+
+
+class LedgerPageOut(BaseModel):
+    sku: str
+    data: list[LedgerEntryOut]
+    next: int | None = Field(
+        description="more entries follow: pass it as `after` for the next page; null on"
+        " the last page"
+    )
+
+
+@router.get(
+    "/{sku}/ledger",
+    response_model=LedgerPageOut,
+    summary="The stock ledger of one SKU: every movement, oldest first",
+    responses={404: {"description": "No stock recorded for the SKU"}},
+)
+async def get_ledger(
+    sku: Sku,
+    request: Request,
+    _: Reader,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="return entries with a larger `seq`")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    location_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    cause: MovementCause | None = None,
+    reference: Annotated[
+        str | None, Query(min_length=1, max_length=255, description="e.g. an order id")
+    ] = None,
+) -> Response:
+    """Each stock movement of the SKU with its cause; summed per location they give
+    `on_hand` and `reserved` of `GET /v1/inventory/{sku}`. Keyset pages by `seq`: follow
+    `next` with `?after=`. A SKU with no stock recorded is a 404, as on
+    `GET /v1/inventory/{sku}`."""
+    _inventory(request)
+    db = hub(request).db
+    locations = await stock_audit.sku_locations(db, sku)
+    if not locations:
+        raise ApiProblem(404, "sku_not_found", f"no stock recorded for {sku!r}")
+    page = await stock_audit.ledger_page(
+        db,
+        sku,
+        [location_id] if location_id is not None else locations,
+        after=after,
+        limit=limit,
+        cause=cause.value if cause is not None else None,
+        reference=reference,
+    )
+    return json_response(
+        {
+            "sku": sku,
+            "data": [
+                {
+                    "seq": e.seq,
+                    "location_id": e.location_id,
+                    "cause": e.cause,
+                    "on_hand_delta": e.on_hand_delta,
+                    "reserved_delta": e.reserved_delta,
+                    "reference": e.reference,
+                    "reservation_id": e.reservation_id,
+                    "at": fmt_time(e.at),
+                }
+                for e in page.entries
+            ],
+            "next": page.entries[-1].seq if page.more else None,
         }
     )
