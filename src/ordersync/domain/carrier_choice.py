@@ -1,7 +1,7 @@
 """Carrier choice: which carrier books an order's waybill, which ones stand in, and why.
 
 Rules are configured in order (`carrier_rules:`). Each names the conditions it matches on
-(destination country and region, parcel weight, order total, channel, service level; an
+(destination country and region, parcel weight, parcel value, channel, service level; an
 empty condition matches anything) and a carrier with a fallback list. Of the rules that
 match, the one with the lowest `priority` wins; a rule's priority is its position unless
 given, so by default the first matching rule wins. Rules given the same priority are
@@ -35,12 +35,15 @@ class NoCarrierMatched(DomainError):
 
 @dataclass(frozen=True, slots=True)
 class ParcelFacts:
-    """What the rules look at, taken from the order and the booking request."""
+    """What the rules look at, taken from the order and the booking request (the parcel's
+    lines among them)."""
 
     order_id: str
     channel_id: str
     country: str  # ISO 3166-1 alpha-2, upper case ("" when unknown)
     region: str  # province / state as the order gives it
+    # What the parcel is worth (min_total / max_total): the order's total when it carries
+    # every unit, else the prorated goods value of its units (carrier_booking.parcel_value).
     total: Decimal
     currency: str
     weight_kg: Decimal | None = None  # None: unknown
@@ -115,9 +118,9 @@ class CarrierRule:
             if self.currency is not None and self.currency != f.currency:
                 out.append(f"currency {f.currency} is not {self.currency}")
             elif self.min_total is not None and f.total < self.min_total:
-                out.append(f"total {f.total} < {self.min_total}")
+                out.append(f"parcel value {f.total} < {self.min_total}")
             elif self.max_total is not None and f.total >= self.max_total:
-                out.append(f"total {f.total} >= {self.max_total}")
+                out.append(f"parcel value {f.total} >= {self.max_total}")
         return out
 
     def conditions(self) -> str:
@@ -136,9 +139,9 @@ class CarrierRule:
             parts.append(f"weight <= {self.max_weight_kg} kg")
         cur = f" {self.currency}" if self.currency else ""
         if self.min_total is not None:
-            parts.append(f"total >= {self.min_total}{cur}")
+            parts.append(f"parcel value >= {self.min_total}{cur}")
         if self.max_total is not None:
-            parts.append(f"total < {self.max_total}{cur}")
+            parts.append(f"parcel value < {self.max_total}{cur}")
         return ", ".join(parts) or "any order"
 
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ordersync.adapters.carriers.base import (
@@ -37,6 +37,7 @@ from ordersync.domain.carrier_choice import (
 )
 from ordersync.domain.codec import fmt_time
 from ordersync.domain.orders import Order
+from ordersync.domain.shipments import ParcelLine, covers, line_key
 
 if TYPE_CHECKING:
     from ordersync.service.shipments import Carrier
@@ -76,20 +77,54 @@ class RuleError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
-def facts_of(order: Order, weight_kg: Decimal | None, service: str) -> ParcelFacts:
-    """What the rules see of an order. Order lines carry no weights yet: the weight is
-    the one given with the booking (None: unknown, so weight rules do not match)."""
+def facts_of(
+    order: Order, lines: Sequence[ParcelLine], weight_kg: Decimal | None, service: str
+) -> ParcelFacts:
+    """What the rules see of a parcel carrying `lines` of the order: its destination and
+    channel, and what it is worth (`parcel_value`). Order lines carry no weights yet: the
+    weight is the one given with the booking (None: unknown, so weight rules do not match)."""
     a = order.shipping_address
     return ParcelFacts(
         order_id=order.id,
         channel_id=order.channel_id,
         country=((a.country_code if a else None) or "").upper(),
         region=(a.region if a else None) or "",
-        total=order.totals.total,
+        total=parcel_value(order, lines),
         currency=order.currency,
         weight_kg=weight_kg,
         service=service,
     )
+
+
+_CENT = Decimal("0.01")
+
+
+def parcel_value(order: Order, lines: Sequence[ParcelLine]) -> Decimal:
+    """What a parcel carrying `lines` is worth, in the order's currency.
+
+    A parcel with every unit of the order: the order's total as the channel states it
+    (shipping and tax included). A part of the order: the goods value of its units, each
+    line's total (after the line's discount) prorated by the units in the parcel, to the
+    cent. Lines sharing a key (domain/shipments.py `line_key`) share their units, so they
+    are prorated together; units beyond what the order holds (it changed since) count once.
+    """
+    if covers(order.lines, [lines]):
+        return order.totals.total
+    units: dict[str, int] = {}
+    worth: dict[str, Decimal] = {}
+    for i, line in enumerate(order.lines):
+        if line.quantity > 0:
+            key = line_key(line.external_id, line.sku, i)
+            units[key] = units.get(key, 0) + line.quantity
+            worth[key] = worth.get(key, Decimal(0)) + line.total
+    held: dict[str, int] = {}
+    for p in lines:
+        held[p.key] = held.get(p.key, 0) + p.quantity
+    value = sum(
+        (worth[k] * min(n, units[k]) / units[k] for k, n in held.items() if k in units),
+        Decimal(0),
+    )
+    return value.quantize(_CENT, ROUND_HALF_EVEN)
 
 
 @dataclass

@@ -122,6 +122,9 @@ ALERT_RAISED = "alert.raised"
 ORDER_PARTIALLY_SHIPPED = "order.partially_shipped"
 ORDER_REVIEW_REQUESTED = "order.review_requested"
 RETURN_DIRECTION = "return"
+# The most parked callbacks one bulk replay puts back (`replay_parked`), and its default.
+REPLAY_PARKED_MAX = 10_000
+REPLAY_PARKED_DEFAULT = 1000
 
 
 class ShipmentError(Exception):
@@ -428,6 +431,20 @@ class ShipmentStore(Protocol):
         None if there is no such callback."""
         ...
 
+    async def unpark_callbacks(
+        self,
+        carrier_ids: Sequence[str],
+        *,
+        parked_before: datetime | None = None,
+        parked_after: datetime | None = None,
+        error_contains: str | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[str, str, str]]:
+        """The oldest `limit` parked callbacks of `carrier_ids` matching the filters ->
+        `received`, attempts reset, in one transaction; (carrier id, callback id, tracking
+        number) of each, oldest first."""
+        ...
+
 
 class AlertObserver(Protocol):
     """Metrics: each alert raised, and the unresolved alerts per rule."""
@@ -620,7 +637,7 @@ class ShipmentService:
         else:
             try:
                 choice = await self.carrier_rules.choose(
-                    facts_of(order, weight_kg, service), list(self.carriers)
+                    facts_of(order, plan.lines, weight_kg, service), list(self.carriers)
                 )
             except NoCarrierMatched as e:
                 raise ShipmentError(422, e.code, str(e), explanation=list(e.explanation)) from None
@@ -1071,6 +1088,62 @@ class ShipmentService:
                 self._inflight.discard(key)
         log.info("carrier %s: parked callback %s replayed: %s", carrier_id, callback_id, outcome)
         return {"carrier_id": carrier_id, "callback_id": callback_id, "outcome": outcome}
+
+    async def replay_parked(
+        self,
+        *,
+        carrier_id: str | None = None,
+        parked_before: datetime | None = None,
+        parked_after: datetime | None = None,
+        error_contains: str | None = None,
+        limit: int = REPLAY_PARKED_DEFAULT,
+        by: str | None = None,
+    ) -> dict[str, Any]:
+        """Put back every parked callback matching the filters (once the cause of an outage
+        is mended): the oldest `limit` of them, of configured carriers only (as the single
+        replay), parked in [`parked_after`, `parked_before`), their `last_error` holding
+        `error_contains`. They go back to `received` with attempts reset, as a single
+        replay puts one (`last_error` kept), in ONE transaction; the processor is woken and
+        applies them as usual (failing again: retried with backoff, then parked anew).
+        A repeat finds them no longer parked and replays nothing new."""
+        if carrier_id is not None:
+            self.carrier(carrier_id)  # 404 carrier_not_found, as the single replay
+            carriers = [carrier_id]
+        else:
+            carriers = sorted(self.carriers)
+        if not 1 <= limit <= REPLAY_PARKED_MAX:
+            raise ShipmentError(
+                422, "invalid_limit", f"limit must be within 1..{REPLAY_PARKED_MAX}, not {limit}"
+            )
+        if parked_before is not None and parked_after is not None and parked_after >= parked_before:
+            raise ShipmentError(
+                422, "invalid_window", "parked_after must be earlier than parked_before"
+            )
+        if error_contains == "":
+            raise ShipmentError(422, "invalid_filter", "error_contains must not be empty")
+        replayed = await self.store.unpark_callbacks(
+            carriers,
+            parked_before=None if parked_before is None else parked_before.astimezone(UTC),
+            parked_after=None if parked_after is None else parked_after.astimezone(UTC),
+            error_contains=error_contains,
+            limit=limit,
+        )
+        if replayed and self._processor is not None:  # else the sweep applies them
+            self._queue({(c, t) for c, _, t in replayed})
+        log.info(
+            "bulk replay of parked callbacks by %s: %d (carrier=%s, parked_before=%s,"
+            " parked_after=%s, error_contains=%r, limit=%d)",
+            by or "-",
+            len(replayed),
+            carrier_id or "*",
+            fmt_time(parked_before),
+            fmt_time(parked_after),
+            error_contains,
+            limit,
+        )
+        for c, i, _ in replayed:  # the single replay's audit line, for each
+            log.info("carrier %s: parked callback %s replayed: %s", c, i, "queued")
+        return {"replayed": len(replayed), "ids": [i for _, i, _ in replayed]}
 
     async def _apply_replayed(self, key: tuple[str, str]) -> dict[str, str] | None:
         try:

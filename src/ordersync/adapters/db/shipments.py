@@ -618,6 +618,52 @@ class SqlShipmentStore(UowStore):
                 )
             return str(row[0]), None if row[1] is None else str(row[1])
 
+    async def unpark_callbacks(
+        self,
+        carrier_ids: Sequence[str],
+        *,
+        parked_before: datetime | None = None,
+        parked_after: datetime | None = None,
+        error_contains: str | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[str, str, str]]:
+        """Put the parked callbacks of `carrier_ids` that match the filters (parked in
+        [`parked_after`, `parked_before`), `last_error` holding `error_contains`, case
+        sensitive) back to `received` with their attempts reset, as `unpark_callback` does,
+        the oldest `limit` of them (in order of arrival), in ONE transaction. Returns
+        (carrier id, callback id, tracking number) of each, oldest first."""
+        if not carrier_ids:
+            return []
+        where = ["outcome = 'parked'", "carrier_id IN :cs", "tracking_number IS NOT NULL"]
+        params: dict[str, Any] = {"cs": list(carrier_ids), "limit": limit}
+        if parked_before is not None:
+            where.append("applied_us < :before")
+            params["before"] = to_us(parked_before)
+        if parked_after is not None:
+            where.append("applied_us >= :after")
+            params["after"] = to_us(parked_after)
+        if error_contains is not None:  # a plain substring: no LIKE wildcards to escape
+            find = "instr(last_error, :e)" if self.db.is_sqlite else "strpos(last_error, :e)"
+            where.append(f"{find} > 0")
+            params["e"] = error_contains
+        lock = "" if self.db.is_sqlite else " FOR UPDATE"
+        stmt = text(
+            "SELECT carrier_id, callback_id, tracking_number FROM carrier_inbox"  # noqa: S608
+            f" WHERE {' AND '.join(where)} ORDER BY seq, callback_id LIMIT :limit{lock}"
+        ).bindparams(bindparam("cs", expanding=True))
+        async with self.db.write() as conn:
+            rows = [(str(c), str(i), str(t)) for c, i, t in await conn.execute(stmt, params)]
+            if rows:
+                await conn.execute(
+                    text(
+                        "UPDATE carrier_inbox SET outcome = 'received', attempts = 0,"
+                        " retry_us = NULL, applied_us = NULL"
+                        " WHERE carrier_id = :c AND callback_id = :i AND outcome = 'parked'"
+                    ),
+                    [{"c": c, "i": i} for c, i, _ in rows],
+                )
+        return rows
+
 
 _ALERT = (
     "SELECT id, shipment_id, order_id, rule, state, due_us, raised_us, detail,"

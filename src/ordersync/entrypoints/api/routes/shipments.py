@@ -19,7 +19,13 @@ from ordersync.entrypoints.api.auth import require
 from ordersync.entrypoints.api.deps import hub, json_response
 from ordersync.entrypoints.api.errors import ApiProblem
 from ordersync.entrypoints.api.schemas import ParcelLineIn
-from ordersync.service.shipments import ALERT_STATES, ShipmentError, ShipmentService
+from ordersync.service.shipments import (
+    ALERT_STATES,
+    REPLAY_PARKED_DEFAULT,
+    REPLAY_PARKED_MAX,
+    ShipmentError,
+    ShipmentService,
+)
 
 router = APIRouter(tags=["shipments"])
 
@@ -41,6 +47,18 @@ class BookingIn(BaseModel):
     lines: list[ParcelLineIn] | None = Field(default=None, min_length=1, max_length=500)
     # The shipment this booking re-books (cancelled once the new one is stored).
     replaces: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class ParkedReplayIn(BaseModel):
+    """Which parked callbacks a bulk replay puts back (every filter optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    carrier: str | None = Field(default=None, min_length=1, max_length=64)  # a carrier id
+    parked_before: AwareDatetime | None = None  # parked strictly before this time
+    parked_after: AwareDatetime | None = None  # parked at or after this time
+    error_contains: str | None = Field(default=None, min_length=1, max_length=300)
+    limit: int = Field(default=REPLAY_PARKED_DEFAULT, ge=1, le=REPLAY_PARKED_MAX)
 
 
 def _service(request: Request) -> ShipmentService:
@@ -146,6 +164,29 @@ async def list_parked_callbacks(
     request: Request, principal: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> Response:
     return json_response({"data": await _service(request).parked_callbacks(limit)})
+
+
+@router.post(
+    "/v1/carrier-callbacks/parked/replay",
+    summary="Put back every parked carrier callback matching the filters (oldest first)",
+)
+async def replay_parked_callbacks(
+    filters: ParkedReplayIn, request: Request, principal: Writer
+) -> Response:
+    """One transaction: the matching parked callbacks (the oldest `limit`) go back to
+    `received` with their attempts reset, and are applied as usual right after."""
+    try:
+        result = await _service(request).replay_parked(
+            carrier_id=filters.carrier,
+            parked_before=filters.parked_before,
+            parked_after=filters.parked_after,
+            error_contains=filters.error_contains,
+            limit=filters.limit,
+            by=principal,
+        )
+    except ShipmentError as e:
+        raise _problem(e) from None
+    return json_response(result)
 
 
 @router.post(
