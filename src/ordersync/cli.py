@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -68,15 +69,30 @@ def serve(
         bool,
         typer.Option(help="Leave deliveries to `ordersync worker` (implied with a broker)."),
     ] = False,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            "-p",
+            help="API processes sharing the port (SO_REUSEPORT); more than 1 needs PostgreSQL.",
+            min=1,
+        ),
+    ] = 1,
+    reuse_port: Annotated[
+        bool, typer.Option("--reuse-port", hidden=True, help="Internal: a supervised child.")
+    ] = False,
 ) -> None:
     """Run the API; without a broker also the delivery workers (embedded default)."""
+    settings = _settings(config)
+    _setup_logging(settings.log_level)
+    if processes > 1:
+        raise typer.Exit(_supervise_serve(settings, config, host, port, api_only, processes))
+
     import uvicorn
 
     from ordersync.bootstrap import Role, build_hub
     from ordersync.entrypoints.api.app import create_app
 
-    settings = _settings(config)
-    _setup_logging(settings.log_level)
     hub = build_hub(settings, Role.API if api_only else None)
 
     class Server(uvicorn.Server):
@@ -100,7 +116,53 @@ def serve(
         backlog=2048,
         proxy_headers=False,  # no proxy in front by default; saves a middleware per request
     )
-    Server(server_config).run()
+    if reuse_port:
+        Server(server_config).run(sockets=[_reuse_port_socket(host, port)])
+    else:
+        Server(server_config).run()
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port that other processes may bind too: the kernel spreads
+    new connections across all of them (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
+def _supervise_serve(
+    settings: Settings, config: Path | None, host: str, port: int, api_only: bool, processes: int
+) -> int:
+    """`serve --processes N`: N single-process `serve --reuse-port` children on one port."""
+    from ordersync.entrypoints.worker import supervise_processes
+
+    if settings.database_url.startswith("sqlite"):
+        err.print(
+            "[red]serve --processes N (N > 1) needs PostgreSQL:[/red] an SQLite database has"
+            " one writer, so several API processes would only contend for it. Use"
+            " --processes 1, or a postgresql:// database_url."
+        )
+        return 2
+    try:  # fail once, here, rather than in a restart loop of children
+        _reuse_port_socket(host, port).close()
+    except OSError as e:
+        err.print(f"[red]cannot bind {host}:{port}:[/red] {e}")
+        return 1
+    cmd = [sys.executable, "-m", "ordersync", "serve", "--processes", "1", "--reuse-port"]
+    cmd += ["--host", host, "--port", str(port)]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    if api_only:
+        cmd.append("--api-only")
+    return supervise_processes(cmd, processes, own_process_group=True, name="serve")
 
 
 @app.command()

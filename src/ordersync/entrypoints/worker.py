@@ -48,14 +48,38 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None) -> 
 
 def supervise(config: Path | None, processes: int, metrics_port: int | None) -> int:
     """Run `processes` single worker processes; restart any that dies; drain on SIGTERM."""
-    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="ordersync-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": mp_dir}
     cmd = [sys.executable, "-m", "ordersync", "worker", "--processes", "1"]
     if config is not None:
         cmd += ["--config", str(config)]
+    return supervise_processes(cmd, processes, metrics_port=metrics_port)
+
+
+def supervise_processes(
+    cmd: list[str],
+    processes: int,
+    *,
+    metrics_port: int | None = None,
+    own_process_group: bool = False,
+    name: str = "worker",
+) -> int:
+    """Run `processes` copies of `cmd` (a single-process ordersync command); restart any
+    that dies unless stopping; on SIGTERM/SIGINT send each SIGTERM and wait for all of them
+    to drain. The exit code is the worst child's (0 when all drained cleanly).
+
+    The children share a PROMETHEUS_MULTIPROC_DIR (the inherited one, else a new one);
+    `metrics_port` serves their aggregate. `own_process_group` keeps a terminal's Ctrl-C
+    away from the children, so each gets exactly one signal: the forwarded SIGTERM.
+    """
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="ordersync-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": mp_dir}
     if metrics_port is not None:
         _serve_multiprocess_metrics(mp_dir, metrics_port)
     stopping = False
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # noqa: S603 - our own CLI
+            cmd, env=env, process_group=0 if own_process_group else None
+        )
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -64,9 +88,11 @@ def supervise(config: Path | None, processes: int, metrics_port: int | None) -> 
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
 
-    children = [subprocess.Popen(cmd, env=env) for _ in range(processes)]  # noqa: S603 - our own CLI
+    children: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    while len(children) < processes and not stopping:
+        children.append(spawn())
     while True:
         time.sleep(0.2)
         for i, p in enumerate(children):
@@ -75,8 +101,10 @@ def supervise(config: Path | None, processes: int, metrics_port: int | None) -> 
                 continue
             _mark_dead(p.pid)
             if not stopping:
-                log.warning("worker pid %d exited with %s; restarting it", p.pid, code)
-                children[i] = subprocess.Popen(cmd, env=env)  # noqa: S603
+                log.warning("%s pid %d exited with %s; restarting it", name, p.pid, code)
+                children[i] = spawn()
+                if stopping:  # the signal came while it started: it missed the SIGTERM
+                    children[i].send_signal(signal.SIGTERM)
         if stopping and all(p.poll() is not None for p in children):
             return max((p.returncode or 0) for p in children)
 
