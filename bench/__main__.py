@@ -51,6 +51,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections")
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration")
     parser.add_argument(
+        "--hub-processes",
+        type=int,
+        default=1,
+        help="ingest on PostgreSQL: `ordersync serve --processes N` (SQLite always 1)",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -104,6 +110,7 @@ async def _main(args: argparse.Namespace) -> None:
             warmup=args.warmup,
             connections=args.connections,
             repeat=args.repeat,
+            hub_processes=args.hub_processes,
         )
     if args.which in ("e2e", "all"):
         await run_e2e(

@@ -147,6 +147,16 @@ class Pools:
         print(f"  {name} pool: {n} requests ({time.monotonic() - started:.1f}s to build)")
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 async def measure_server(
     kind: str,
     db: str,
@@ -156,6 +166,7 @@ async def measure_server(
     warmup: float,
     connections: int,
     secret: str,
+    hub_processes: int = 1,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"ordersync-bench-{kind}-{db}-"))
     pg_name = None
@@ -166,15 +177,32 @@ async def measure_server(
         pg_name, database_url = create_pg_database(kind)
         target = pg_name
     config = write_hub_config(workdir, database_url)
-    cls = HubProcess if kind == "hub" else BaselineProcess
-    server = cls(
-        config, free_port(), log_path=workdir / "server.log", env={"BENCH_SHOP_SECRET": secret}
-    )
+    if kind == "hub":
+        server: HubProcess | BaselineProcess = HubProcess(
+            config,
+            free_port(),
+            log_path=workdir / "server.log",
+            env={"BENCH_SHOP_SECRET": secret},
+            args=("--processes", str(hub_processes)) if hub_processes > 1 else (),
+        )
+    else:
+        server = BaselineProcess(
+            config, free_port(), log_path=workdir / "server.log", env={"BENCH_SHOP_SECRET": secret}
+        )
     server.start()
     try:
         await server.wait_ready()
         assert server.proc is not None
         pid = server.proc.pid
+        # `serve --processes N`: the supervisor's children serve; count their CPU too.
+        servers = {"server": pid}
+        if kind == "hub" and hub_processes > 1:
+            for _ in range(100):
+                children = _children(pid)
+                if len(children) >= hub_processes:
+                    break
+                await asyncio.sleep(0.1)
+            servers.update({f"server_{c}": c for c in children})
         busy_before = wait_for_quiet()
         load_before = uptime()
         url = f"{server.url}/"
@@ -183,7 +211,7 @@ async def measure_server(
         await asyncio.to_thread(
             pools.ensure, "measure", int(max(warm.rps, 1000) * seconds * 1.6) + connections
         )
-        meter = CpuMeter({"server": pid, "self": os.getpid()}, postgres=db == "postgresql")
+        meter = CpuMeter({**servers, "self": os.getpid()}, postgres=db == "postgresql")
         meter.start()
         run = run_wrk(url, pools.prefix("measure"), seconds, connections, workdir / "wrk.out")
         cpu = meter.stop()
@@ -225,7 +253,10 @@ async def measure_server(
             "rows_beyond_2xx": len(stored) - len(accepted),
         },
         "cpu": cpu,
-        "server_cpu_ms_per_request": round(1000 * cpu["cpu_s"]["server"] / run.requests, 3)
+        "server_cpu_ms_per_request": round(
+            1000 * sum(v for k, v in cpu["cpu_s"].items() if k.startswith("server")) / run.requests,
+            3,
+        )
         if run.requests
         else None,
         "server_rss_kib": memory,
@@ -274,7 +305,13 @@ COLUMNS = [
 
 
 async def run_ingest(
-    dbs: list[str], *, seconds: float, warmup: float, connections: int, repeat: int
+    dbs: list[str],
+    *,
+    seconds: float,
+    warmup: float,
+    connections: int,
+    repeat: int,
+    hub_processes: int = 1,
 ) -> dict[str, Any]:
     info = machine_info()
     secret = os.urandom(24).hex()
@@ -296,6 +333,7 @@ async def run_ingest(
                         warmup=warmup,
                         connections=connections,
                         secret=secret,
+                        hub_processes=hub_processes if db == "postgresql" else 1,
                     )
                     r["run"] = attempt + 1
                     results.append(r)
@@ -312,6 +350,7 @@ async def run_ingest(
         f"wrk {WRK_THREADS} thread, {connections} keep-alive connections, warm-up {warmup:g}s,"
         f" measured {seconds:g}s; each request a distinct signed orders/create (~7 KB body);"
         " hub with one Shopify channel and no destinations; fresh database per server"
+        + (f"; PostgreSQL hub: serve --processes {hub_processes}" if hub_processes > 1 else "")
     )
     table = print_table(f"ingest ({conditions})", COLUMNS, [row(r) for r in results])
     for db, ratio in ratios.items():
