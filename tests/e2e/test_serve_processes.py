@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import httpx
 import pytest
 import yaml
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -209,6 +210,18 @@ async def test_two_processes_share_the_port_and_store_every_webhook_once(
             f"http://127.0.0.1:{port}/v1/channels/{CHANNEL}/webhooks", secret, concurrency=16
         )
         report = await store.run(200, lifecycle=False)
+        # Whichever child answers /metrics (a new connection each time) shows every child's.
+        scraped = []
+        for _ in range(4):
+            async with httpx.AsyncClient() as client:
+                text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            scraped.append(
+                sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("ordersync_webhooks_received_total")
+                )
+            )
     finally:
         code = await stop(sup)
 
@@ -224,6 +237,7 @@ async def test_two_processes_share_the_port_and_store_every_webhook_once(
     served = webhooks_by_pid(mp_dir)
     assert sum(served.values()) == 200
     assert {pid for pid, n in served.items() if n > 0} == kids  # both children served
+    assert scraped == [200.0] * 4
     assert code == 0, logs(log)
     assert not any(alive(pid) for pid in kids)
 

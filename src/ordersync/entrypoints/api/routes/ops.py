@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.responses import Response
 
 from ordersync.entrypoints.api.deps import hub, json_response
@@ -27,4 +31,15 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(hub(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """This process's metrics; under a supervisor (`serve --processes N`, which shares a
+    PROMETHEUS_MULTIPROC_DIR among its children) those of every process, whichever answers."""
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    registry = _aggregate(mp_dir) if mp_dir else hub(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@functools.cache
+def _aggregate(mp_dir: str) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=mp_dir)  # type: ignore[no-untyped-call]
+    return registry
