@@ -400,11 +400,15 @@ def _statement(ctes: list[tuple[str, str]]) -> str:
 def _text_or_bytes(args: Args, values: list[bytes | None]) -> tuple[str, bool]:
     """A bytea column as one text parameter when every value is UTF-8 (JSON and webhook
     bodies nearly always are: converted back with `convert_to`), else as a bytea array.
-    Returns the array expression and whether it is text."""
+    Returns the array expression and whether it is text. (A NUL byte is valid UTF-8 but
+    PostgreSQL text cannot hold it: such a batch goes as bytea too.)"""
     try:
-        return args.array([None if v is None else v.decode() for v in values], "text"), True
+        texts = [None if v is None else v.decode() for v in values]
     except UnicodeDecodeError:
         return args.typed_array(values, "bytea"), False
+    if any(v is not None and "\x00" in v for v in texts):
+        return args.typed_array(values, "bytea"), False
+    return args.array(texts, "text"), True
 
 
 def _outbox_ctes(
