@@ -23,9 +23,10 @@ async def test_large_documents_are_stored_lz4_compressed_and_read_back_whole(
                 (
                     await conn.execute(
                         text(
-                            "SELECT attrelid::regclass::text, attcompression::text FROM pg_attribute"
-                            " WHERE (attrelid, attname) IN (('orders'::regclass, 'doc'),"
-                            " ('inbox'::regclass, 'body'), ('events'::regclass, 'body'))"
+                            "SELECT attrelid::regclass::text, attcompression::text"
+                            " FROM pg_attribute WHERE (attrelid, attname) IN"
+                            " (('orders'::regclass, 'doc'), ('inbox'::regclass, 'body'),"
+                            " ('events'::regclass, 'body'))"
                         )
                     )
                 ).all()

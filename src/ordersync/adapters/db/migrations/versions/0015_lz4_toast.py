@@ -37,10 +37,13 @@ def _set(method: str) -> None:
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    if method == "lz4" and not bind.exec_driver_sql(
-        "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression'"
-        " AND 'lz4' = ANY(enumvals)"
-    ).first():
+    if (
+        method == "lz4"
+        and not bind.exec_driver_sql(
+            "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression'"
+            " AND 'lz4' = ANY(enumvals)"
+        ).first()
+    ):
         return  # a server built without lz4 keeps pglz
     for table, column in COLUMNS:
         op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION {method}")
