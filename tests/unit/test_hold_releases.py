@@ -26,9 +26,9 @@ from ordersync.domain.holds import (
 )
 from ordersync.domain.order_status import HoldReason, OrderStatus, PaymentStatus
 from ordersync.domain.orders import Address, HoldRelease, Order, Totals, release_fact
-from ordersync.service.handlers.orders import change_order_status, ingest_channel_order
+from ordersync.service.handlers.orders import change_order_status
 from ordersync.testing import FakeDatabase, FakeUnitOfWork, make_snapshot
-from ordersync.testing.factories import PLACED_AT, make_order
+from ordersync.testing.factories import PLACED_AT, make_order, push_snapshot
 
 NOW = PLACED_AT + timedelta(minutes=5)
 LATER = NOW + timedelta(minutes=5)
@@ -252,13 +252,7 @@ class Shop:
             channel_updated_at=PLACED_AT + timedelta(seconds=self.seq),
             **fields,
         )
-        cmd = commands.IngestChannelOrder(
-            snap.channel_id, "shopify", f"msg-{self.seq}", "orders/updated", snap, NOW
-        )
-        result = await ingest_channel_order(cmd, uow)
-        await uow.commit()
-        assert result.order_id is not None
-        return self.db.orders[result.order_id]
+        return self.db.orders[await push_snapshot(uow, snap, f"msg-{self.seq}", NOW)]
 
     async def release(self, order: Order) -> None:
         uow = self.uow()

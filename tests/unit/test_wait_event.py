@@ -106,7 +106,8 @@ async def test_a_pending_cancellation_something_absorbed_is_raised_before_waitin
     assert task.cancelled()
 
 
-async def test_a_looping_task_stops_when_cancelled_while_waiting() -> None:
+async def waiting_loop() -> tuple[asyncio.Task[None], asyncio.Event, Rounds]:
+    """A bare background loop waiting on `wait_event` between rounds, in its first wait."""
     event = asyncio.Event()
     rounds = Rounds()
 
@@ -118,6 +119,11 @@ async def test_a_looping_task_stops_when_cancelled_while_waiting() -> None:
 
     task = asyncio.create_task(loop())
     await rounds.after(1)
+    return task, event, rounds
+
+
+async def test_a_looping_task_stops_when_cancelled_while_waiting() -> None:
+    task, _, rounds = await waiting_loop()
     task.cancel()
     await first_of(task, rounds, 2)
     assert task.cancelled()
@@ -126,17 +132,7 @@ async def test_a_looping_task_stops_when_cancelled_while_waiting() -> None:
 
 async def test_a_looping_task_stops_when_cancelled_as_the_event_is_set() -> None:
     """The 3.11 wait_for race: the wake-up and the cancellation in one iteration."""
-    event = asyncio.Event()
-    rounds = Rounds()
-
-    async def loop() -> None:
-        while True:
-            rounds.started()
-            await wait_event(event, FOREVER)
-            event.clear()
-
-    task = asyncio.create_task(loop())
-    await rounds.after(1)
+    task, event, rounds = await waiting_loop()
     for _ in range(3):  # let the loop settle in its wait, whatever it is made of
         await asyncio.sleep(0)
     event.set()

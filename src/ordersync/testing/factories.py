@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from ordersync.domain import commands
 from ordersync.domain.order_status import OrderStatus, PaymentStatus
 from ordersync.domain.orders import (
     Address,
@@ -85,3 +86,17 @@ def make_order(
     )
     order.take_changes()
     return order
+
+
+async def push_snapshot(uow: Any, snap: OrderSnapshot, message_id: str, at: datetime) -> str:
+    """The channel sends `snap` (an `orders/updated` webhook), ingested and committed in
+    `uow`, as the order handlers do; returns the hub's order id."""
+    from ordersync.service.handlers.orders import ingest_channel_order  # service layer
+
+    cmd = commands.IngestChannelOrder(
+        snap.channel_id, "shopify", message_id, "orders/updated", snap, at
+    )
+    result = await ingest_channel_order(cmd, uow)
+    await uow.commit()
+    assert result.order_id is not None, result
+    return result.order_id
